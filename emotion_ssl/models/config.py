@@ -21,6 +21,9 @@ class EncoderConfig:
     test-size model with the same structure.
     """
 
+    normalize_waveform: bool = True
+    """Normalise each utterance to zero mean, unit variance over its valid samples first."""
+
     conv_layers: list[ConvSpec] = field(default_factory=_base_conv_layers)
     """CNN feature extractor as (channels, kernel, stride) per layer; the strides multiply to
     the hop (320 samples = 20 ms at 16 kHz)."""

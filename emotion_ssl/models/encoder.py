@@ -240,7 +240,10 @@ class EmotionEncoder(nn.Module):
                 f"every length must be in [{self.min_samples}, {S}] samples "
                 f"(the CNN needs {self.min_samples} for one frame); got {lengths.tolist()}"
             )
-        x = normalize_waveform(waveforms, lengths)  # (B, S), padding = 0
+        if self.config.normalize_waveform:
+            x = normalize_waveform(waveforms, lengths)  # (B, S), padding = 0
+        else:
+            x = waveforms.float().masked_fill(lengths_to_padding_mask(lengths, S), 0.0)
         x = self.feature_extractor(x.to(self.feature_proj.weight.dtype))  # (B, C, T)
         x = self.feature_proj(self.feature_norm(x.transpose(1, 2)))  # (B, T, D)
         frame_lengths = self.frame_lengths(lengths)

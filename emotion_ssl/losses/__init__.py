@@ -1,0 +1,38 @@
+"""Losses: targets, frame, utterance, contrastive, and the objective that combines them."""
+
+from emotion_ssl.losses.contrastive import (
+    PrototypeBank,
+    ProjectionHead,
+    supervised_contrastive_loss,
+)
+from emotion_ssl.losses.frame import frame_loss
+from emotion_ssl.losses.objective import (
+    CollapseGuard,
+    LossOutput,
+    PretrainObjective,
+    TrainingCollapsedError,
+)
+from emotion_ssl.losses.targets import (
+    feature_std,
+    frame_targets,
+    instance_norm_over_time,
+    utterance_target,
+)
+from emotion_ssl.losses.utterance import utterance_loss, utterance_prediction
+
+__all__ = [
+    "CollapseGuard",
+    "LossOutput",
+    "PretrainObjective",
+    "PrototypeBank",
+    "ProjectionHead",
+    "TrainingCollapsedError",
+    "feature_std",
+    "frame_loss",
+    "frame_targets",
+    "instance_norm_over_time",
+    "supervised_contrastive_loss",
+    "utterance_loss",
+    "utterance_prediction",
+    "utterance_target",
+]

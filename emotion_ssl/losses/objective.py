@@ -1,0 +1,204 @@
+"""The pretraining objective: frame + alpha * utterance + gamma(step) * category."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from emotion_ssl.losses.contrastive import (
+    PrototypeBank,
+    ProjectionHead,
+    gather_no_grad,
+    gather_with_grad,
+    supervised_contrastive_loss,
+)
+from emotion_ssl.losses.frame import frame_loss
+from emotion_ssl.losses.targets import feature_std, utterance_target
+from emotion_ssl.losses.utterance import UtteranceVariant, utterance_loss, utterance_prediction
+
+UtteranceMode = Literal["code_faithful", "layer_norm"]
+
+
+@dataclass
+class LossOutput:
+    """Every part of one step's objective (scalars are 0-dim tensors; no host sync)."""
+
+    total: Tensor
+    frame: Tensor
+    utterance: Tensor
+    category: Tensor
+    category_weight: float
+    target_std: Tensor
+    prediction_std: Tensor
+    num_masked: Tensor
+    num_anchors: Tensor
+    num_pseudo_labelled: Tensor
+    utterance_prediction: Tensor  # (R, D)
+    utterance_target: Tensor  # (R, D)
+
+
+class TrainingCollapsedError(RuntimeError):
+    """Raised by the collapse guard when targets or predictions lose their variance."""
+
+
+@dataclass
+class CollapseGuard:
+    """The reference's guard: after `after_steps` updates, stop if the target std falls below
+    `min_target_std` or the prediction std below `min_prediction_std`."""
+
+    after_steps: int = 5000
+    min_target_std: float = 0.1
+    min_prediction_std: float = 0.01
+
+    def check(self, step: int, target_std: float, prediction_std: float) -> None:
+        if step <= self.after_steps:
+            return
+        if target_std < self.min_target_std:
+            raise TrainingCollapsedError(
+                f"step {step}: target std {target_std:.4g} < {self.min_target_std} — the "
+                "teacher's targets have collapsed; lower the learning rate or EMA decay"
+            )
+        if prediction_std < self.min_prediction_std:
+            raise TrainingCollapsedError(
+                f"step {step}: prediction std {prediction_std:.4g} < {self.min_prediction_std}"
+                " — the student's predictions have collapsed"
+            )
+
+
+class PretrainObjective(nn.Module):
+    """Combines the three losses; owns the category term's projection head and prototypes.
+
+    Args:
+        dim: model width D.
+        utterance_weight: alpha, weight of the utterance-level loss (reference 1.0).
+        utterance_variant: "chunk" (mean of the tokens), "token" (last token) or "global".
+        utterance_mode: "code_faithful" reproduces the released code (time-mean of the
+            instance-normalised target, i.e. zero, summed over clones); "layer_norm" (default)
+            uses a non-degenerate target averaged over clones.
+        top_k: teacher layers averaged into the targets.
+        category_weight: gamma, weight of the supervised contrastive term (0 disables it).
+        category_ramp_steps: gamma rises linearly from 0 over this many updates.
+        num_classes: labelled emotion classes (needed for pseudo-labels).
+        temperature: SupCon temperature.
+        projection_dim: output size of the projection head.
+        pseudo_labels: let confident unlabelled clones join with prototype pseudo-labels.
+        pseudo_label_threshold, pseudo_label_warmup_steps, prototype_momentum: their settings.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        utterance_weight: float = 1.0,
+        utterance_variant: UtteranceVariant = "chunk",
+        utterance_mode: UtteranceMode = "layer_norm",
+        top_k: int = 8,
+        category_weight: float = 0.0,
+        category_ramp_steps: int = 1000,
+        num_classes: int = 0,
+        temperature: float = 0.1,
+        projection_dim: int = 256,
+        pseudo_labels: bool = False,
+        pseudo_label_threshold: float = 0.8,
+        pseudo_label_warmup_steps: int = 1000,
+        prototype_momentum: float = 0.99,
+    ) -> None:
+        super().__init__()
+        self.utterance_weight = utterance_weight
+        self.utterance_variant: UtteranceVariant = utterance_variant
+        self.utterance_mode: UtteranceMode = utterance_mode
+        self.top_k = top_k
+        self.category_weight = category_weight
+        self.category_ramp_steps = category_ramp_steps
+        self.temperature = temperature
+        self.head: ProjectionHead | None = None
+        self.prototypes: PrototypeBank | None = None
+        if category_weight > 0:
+            self.head = ProjectionHead(dim, projection_dim)
+            if pseudo_labels:
+                if num_classes < 2:
+                    raise ValueError("pseudo_labels needs num_classes >= 2")
+                self.prototypes = PrototypeBank(
+                    num_classes,
+                    projection_dim,
+                    prototype_momentum,
+                    pseudo_label_threshold,
+                    pseudo_label_warmup_steps,
+                )
+
+    def category_weight_at(self, step: int) -> float:
+        if self.category_weight <= 0:
+            return 0.0
+        if self.category_ramp_steps <= 0:
+            return self.category_weight
+        return self.category_weight * min(1.0, step / self.category_ramp_steps)
+
+    def forward(
+        self,
+        prediction: Tensor,
+        frame_target: Tensor,
+        mask: Tensor,
+        teacher_layers: list[Tensor],
+        padding_mask: Tensor | None,
+        tokens: Tensor,
+        kept_frames: Tensor,
+        kept_padding: Tensor | None,
+        labels: Tensor,
+        num_clones: int,
+        step: int,
+    ) -> LossOutput:
+        """
+        prediction: (R, T, D) decoder output, R = B * num_clones (row b*C + c = clone c of b);
+        frame_target: (B, T, D) teacher frame target; mask: (R, T) True = masked;
+        teacher_layers: per shared block (B, T, D) teacher FFN outputs, tokens removed;
+        padding_mask: (B, T) True = padding or None; tokens: (R, E, D) student token outputs;
+        kept_frames: (R, K, D) student outputs of the kept frames, kept_padding: (R, K);
+        labels: (B,) long, -1 = unlabelled; step: optimizer updates done so far.
+        """
+        C = num_clones
+        target_c = frame_target.repeat_interleave(C, dim=0)  # (R, T, D)
+        loss_frame = frame_loss(prediction, target_c, mask)
+
+        utt_pred = utterance_prediction(self.utterance_variant, tokens, kept_frames, kept_padding)
+        utt_tgt = utterance_target(
+            self.utterance_mode, teacher_layers, frame_target, padding_mask, self.top_k
+        ).repeat_interleave(C, dim=0)  # (R, D)
+        reduction = "sum" if self.utterance_mode == "code_faithful" else "mean"
+        loss_utt = utterance_loss(utt_pred, utt_tgt, reduction)
+
+        gamma = self.category_weight_at(step)
+        loss_cat = prediction.new_zeros((), dtype=torch.float32)
+        num_anchors = torch.zeros((), dtype=torch.long, device=prediction.device)
+        num_pseudo = torch.zeros((), dtype=torch.long, device=prediction.device)
+        if self.head is not None:
+            embeddings = gather_with_grad(self.head(tokens.mean(dim=1)))  # (R_global, P)
+            clone_labels = gather_no_grad(labels.repeat_interleave(C, dim=0))
+            if self.prototypes is not None:
+                self.prototypes.update(embeddings, clone_labels)
+                with_pseudo = self.prototypes.pseudo_labels(embeddings, clone_labels, step)
+                num_pseudo = (with_pseudo != clone_labels).sum()
+                clone_labels = with_pseudo
+            loss_cat, num_anchors = supervised_contrastive_loss(
+                embeddings, clone_labels, self.temperature
+            )
+
+        total = loss_frame + self.utterance_weight * loss_utt + gamma * loss_cat
+        with torch.no_grad():
+            target_std = feature_std(target_c[mask])
+            prediction_std = feature_std(prediction[mask])
+        return LossOutput(
+            total=total,
+            frame=loss_frame,
+            utterance=loss_utt,
+            category=loss_cat,
+            category_weight=gamma,
+            target_std=target_std,
+            prediction_std=prediction_std,
+            num_masked=mask.sum(),
+            num_anchors=num_anchors,
+            num_pseudo_labelled=num_pseudo,
+            utterance_prediction=utt_pred,
+            utterance_target=utt_tgt,
+        )

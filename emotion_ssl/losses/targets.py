@@ -1,0 +1,87 @@
+"""Teacher targets: frame targets (data2vec 2.0) and utterance targets (emotion2vec)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+UtteranceTargetMode = Literal["code_faithful", "layer_norm"]
+
+
+def _valid(padding_mask: Tensor | None, like: Tensor) -> Tensor:
+    """(B, T, 1) float: 1 on valid frames."""
+    if padding_mask is None:
+        return torch.ones(like.shape[:2] + (1,), dtype=like.dtype, device=like.device)
+    return (~padding_mask).unsqueeze(-1).to(like.dtype)
+
+
+def time_mean(x: Tensor, padding_mask: Tensor | None) -> Tensor:
+    """Mean over time of x (B, T, D) on valid frames only -> (B, D)."""
+    valid = _valid(padding_mask, x)
+    return (x * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1.0)
+
+
+def instance_norm_over_time(x: Tensor, padding_mask: Tensor | None, eps: float = 1e-5) -> Tensor:
+    """Normalise each channel of each utterance over its valid frames (biased variance, no
+    affine): `F.instance_norm` of the reference, made padding-aware. x: (B, T, D) -> fp32."""
+    x = x.float()  # fp32: targets are statistics over hundreds of frames
+    valid = _valid(padding_mask, x)
+    count = valid.sum(dim=1, keepdim=True).clamp_min(1.0)  # (B, 1, 1)
+    mean = (x * valid).sum(dim=1, keepdim=True) / count
+    var = ((x - mean).pow(2) * valid).sum(dim=1, keepdim=True) / count
+    return (x - mean) * torch.rsqrt(var + eps) * valid
+
+
+def frame_targets(
+    layer_results: list[Tensor], padding_mask: Tensor | None, top_k: int
+) -> Tensor:
+    """Average of the top-k teacher FFN outputs, each instance-normalised over time.
+
+    layer_results: per shared block (B, T, D), utterance tokens already removed -> (B, T, D)
+    fp32. Padded frames are 0.
+    """
+    if not 1 <= top_k <= len(layer_results):
+        raise ValueError(f"top_k={top_k} must be in [1, {len(layer_results)}]")
+    normed = [instance_norm_over_time(h, padding_mask) for h in layer_results[-top_k:]]
+    return torch.stack(normed).mean(dim=0)
+
+
+def utterance_target(
+    mode: UtteranceTargetMode,
+    layer_results: list[Tensor],
+    frame_target: Tensor,
+    padding_mask: Tensor | None,
+    top_k: int,
+) -> Tensor:
+    """Per-utterance target of the utterance-level loss -> (B, D) fp32.
+
+    code_faithful: the time-mean of the frame target, as the released code computes it. The
+        frame target is instance-normalised over time, so this is identically zero (up to
+        rounding): the loss then only pulls the token mean to zero.
+    layer_norm (project default): the top-k FFN outputs, each layer-normalised per frame,
+        averaged, time-averaged over valid frames, then layer-normalised — an utterance summary
+        that keeps its information.
+    """
+    if mode == "code_faithful":
+        return time_mean(frame_target, padding_mask)
+    if mode == "layer_norm":
+        D = frame_target.size(-1)
+        per_frame = torch.stack(
+            [F.layer_norm(h.float(), (D,)) for h in layer_results[-top_k:]]
+        ).mean(dim=0)
+        return F.layer_norm(time_mean(per_frame, padding_mask), (D,))
+    raise ValueError(f"unknown utterance target mode {mode!r}; use 'code_faithful' or 'layer_norm'")
+
+
+def feature_std(x: Tensor) -> Tensor:
+    """Mean over channels of the per-channel std across rows: x (N, D) -> scalar.
+
+    The reference's `compute_var` (sqrt(var + 1e-6)), used for logging and the collapse guard.
+    """
+    x = x.float()
+    if x.size(0) < 2:
+        return x.new_zeros(())
+    return torch.sqrt(x.var(dim=0) + 1e-6).mean()

@@ -1,0 +1,70 @@
+"""The EMA teacher: an fp32 exponential moving average of the student's context encoder."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from emotion_ssl.models.encoder import ContextEncoder, ContextOutput
+
+
+def ema_decay_at(step: int, start: float, end: float, anneal_steps: int) -> float:
+    """Linear rise from `start` to `end` over `anneal_steps` updates, then constant."""
+    if anneal_steps <= 0 or step >= anneal_steps:
+        return end
+    return start + (end - start) * step / anneal_steps
+
+
+class EMATeacher(nn.Module):
+    """Holds the teacher copy of a `ContextEncoder` (positional conv, utterance tokens, ALiBi
+    scale, prenet, shared blocks — not the CNN, projection or decoder).
+
+    The teacher is always in eval mode, never requires gradients, keeps fp32 parameters, and
+    moves only through `update()`: teacher = tau * teacher + (1 - tau) * student.
+    """
+
+    def __init__(
+        self,
+        student: ContextEncoder,
+        decay_start: float = 0.999,
+        decay_end: float = 0.99999,
+        anneal_steps: int = 20_000,
+    ) -> None:
+        super().__init__()
+        self.encoder = copy.deepcopy(student).float()
+        self.encoder.requires_grad_(False)
+        self.encoder.eval()
+        self.decay_start = decay_start
+        self.decay_end = decay_end
+        self.anneal_steps = anneal_steps
+
+    def train(self, mode: bool = True) -> EMATeacher:
+        # the teacher never trains: dropout and layerdrop stay off whatever the caller asks
+        super().train(False)
+        return self
+
+    def decay(self, step: int) -> float:
+        return ema_decay_at(step, self.decay_start, self.decay_end, self.anneal_steps)
+
+    @torch.no_grad()
+    def update(self, student: ContextEncoder, step: int) -> float:
+        """One EMA step at optimizer update `step` (0-based); returns the decay used."""
+        tau = self.decay(step)
+        teacher_params = list(self.encoder.parameters())
+        student_params = [p.detach().to(torch.float32) for p in student.parameters()]
+        if len(teacher_params) != len(student_params):
+            raise RuntimeError("teacher and student context encoders have different structures")
+        # lerp(t, s, 1 - tau) = tau * t + (1 - tau) * s, one fused multi-tensor op
+        torch._foreach_lerp_(teacher_params, student_params, 1.0 - tau)
+        return tau
+
+    @torch.no_grad()
+    def forward(self, features: Tensor, padding_mask: Tensor | None) -> ContextOutput:
+        """features: (B, T, D) the student's projected CNN features, unmasked, not cloned."""
+        return self.encoder(features.float(), padding_mask, return_layers=True)
+
+    def load_from(self, state: dict[str, Tensor]) -> None:
+        """Start from given teacher weights (e.g. a checkpoint's `_ema`)."""
+        self.encoder.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)

@@ -1,0 +1,313 @@
+"""The pretraining system: where student, teacher, masking and the objective meet."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from emotion_ssl.data.batch import AudioBatch
+from emotion_ssl.losses import CollapseGuard, LossOutput, PretrainObjective, frame_targets
+from emotion_ssl.losses.utterance import UtteranceVariant
+from emotion_ssl.models import EmotionEncoder, EncoderConfig
+from emotion_ssl.models.decoder import ConvDecoder
+from emotion_ssl.models.masking import compute_span_mask
+from emotion_ssl.models.teacher import EMATeacher
+
+Preset = Literal["tiny", "base"]
+
+
+@dataclass
+class StepOutput:
+    """One forward pass of pretraining (for tests and for debugging a run).
+
+    mask: (R, T) True = masked; frame_target: (B, T, D); prediction: (R, T, D) decoder
+    output; decoder_input: (R, T, D); teacher_layers: per shared block (B, T, D) FFN outputs.
+    """
+
+    losses: LossOutput
+    mask: Tensor
+    frame_target: Tensor
+    prediction: Tensor
+    decoder_input: Tensor
+    teacher_layers: list[Tensor]
+    tokens: Tensor
+    kept_frames: Tensor
+    kept_positions: Tensor
+    num_encoded_frames: int
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after too many consecutive updates with a non-finite loss."""
+
+
+def build_encoder_config(preset: Preset, overrides: dict[str, Any] | None) -> EncoderConfig:
+    """A named preset with field overrides (unknown fields are an error naming them)."""
+    presets = {"tiny": EncoderConfig.tiny, "base": EncoderConfig.base}
+    if preset not in presets:
+        raise ValueError(f"unknown encoder preset {preset!r}; use one of {sorted(presets)}")
+    values = presets[preset]().to_dict()
+    values.update(overrides or {})
+    return EncoderConfig.from_dict(values)
+
+
+class PretrainSystem(L.LightningModule):
+    """Teacher-student online distillation (emotion2vec / data2vec 2.0).
+
+    Args:
+        preset: encoder size, "tiny" or "base" (93.2 M parameters).
+        encoder_overrides: EncoderConfig fields to change, e.g. {"dropout": 0.0}.
+        num_clones: masked copies of each utterance (clone batch).
+        mask_prob, mask_length, mask_prob_adjust: span masking (exactly
+            floor(mask_prob * T) frames masked per clone).
+        top_k: teacher blocks averaged into the targets (the top ones).
+        utterance_weight, utterance_variant, utterance_mode: the utterance-level loss.
+        category_weight, category_ramp_steps, num_classes, temperature, pseudo_labels,
+            pseudo_label_threshold, pseudo_label_warmup_steps: the category-level term.
+        ema_decay, ema_end_decay, ema_anneal_steps: teacher decay schedule (linear rise).
+        lr, betas, eps, weight_decay, warmup_steps: AdamW with linear warm-up then cosine
+            decay to 0 at the trainer's last step.
+        collapse_after_steps, min_target_std, min_prediction_std, collapse_check_every:
+            the collapse guard (checked every `collapse_check_every` updates).
+        max_nonfinite_in_row: consecutive non-finite losses tolerated (each skips its update).
+        seed: base of every per-step random choice (masks, noise, dropout), so a resumed run
+            repeats an uninterrupted one exactly.
+    """
+
+    def __init__(
+        self,
+        preset: Preset = "base",
+        encoder_overrides: dict[str, Any] | None = None,
+        num_clones: int = 8,
+        mask_prob: float = 0.5,
+        mask_length: int = 5,
+        mask_prob_adjust: float = 0.05,
+        top_k: int = 8,
+        utterance_weight: float = 1.0,
+        utterance_variant: UtteranceVariant = "chunk",
+        utterance_mode: Literal["code_faithful", "layer_norm"] = "layer_norm",
+        category_weight: float = 0.0,
+        category_ramp_steps: int = 1000,
+        num_classes: int = 0,
+        temperature: float = 0.1,
+        pseudo_labels: bool = False,
+        pseudo_label_threshold: float = 0.8,
+        pseudo_label_warmup_steps: int = 1000,
+        ema_decay: float = 0.999,
+        ema_end_decay: float = 0.99999,
+        ema_anneal_steps: int = 20_000,
+        lr: float = 7.5e-5,
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-6,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 5000,
+        collapse_after_steps: int = 5000,
+        min_target_std: float = 0.1,
+        min_prediction_std: float = 0.01,
+        collapse_check_every: int = 100,
+        max_nonfinite_in_row: int = 10,
+        seed: int = 1,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = build_encoder_config(preset, encoder_overrides)
+        if not 1 <= top_k <= self.config.depth:
+            raise ValueError(f"top_k={top_k} must be in [1, depth={self.config.depth}]")
+        self.student = EmotionEncoder(self.config)
+        self.decoder = ConvDecoder(self.config)
+        self.teacher = EMATeacher(self.student.context, ema_decay, ema_end_decay, ema_anneal_steps)
+        self.objective = PretrainObjective(
+            self.config.embed_dim,
+            utterance_weight=utterance_weight,
+            utterance_variant=utterance_variant,
+            utterance_mode=utterance_mode,
+            top_k=top_k,
+            category_weight=category_weight,
+            category_ramp_steps=category_ramp_steps,
+            num_classes=num_classes,
+            temperature=temperature,
+            pseudo_labels=pseudo_labels,
+            pseudo_label_threshold=pseudo_label_threshold,
+            pseudo_label_warmup_steps=pseudo_label_warmup_steps,
+        )
+        self.guard = CollapseGuard(collapse_after_steps, min_target_std, min_prediction_std)
+        self._ema_updates_done = 0
+        self._nonfinite_in_row = 0
+        self.nonfinite_skipped = 0
+        self._last_batch_end: float | None = None
+
+    # ------------------------------------------------------------------ the step
+    def forward_step(
+        self,
+        waveforms: Tensor,
+        lengths: Tensor | None,
+        labels: Tensor,
+        mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> StepOutput:
+        """One pretraining forward pass. `mask` (B * num_clones, T) may be given (e.g. the
+        reference's masks); otherwise it is drawn from `generator`."""
+        hp, C = self.hparams, self.hparams.num_clones
+        features, padding_mask, frame_lengths = self.student.local_features(waveforms, lengths)
+        # features: (B, T, D); the CNN runs once per utterance, not once per clone
+
+        teacher_out = self.teacher(features.detach(), padding_mask)
+        E = teacher_out.num_tokens
+        assert teacher_out.ffn_outputs is not None
+        teacher_layers = [f[:, E:] for f in teacher_out.ffn_outputs[-self.config.depth :]]
+        frame_target = frame_targets(teacher_layers, padding_mask, hp.top_k)  # (B, T, D)
+
+        T = features.size(1)
+        features_c = features.repeat_interleave(C, dim=0)  # (R, T, D), row b*C + c
+        padding_c = None if padding_mask is None else padding_mask.repeat_interleave(C, dim=0)
+        if mask is None:
+            mask = compute_span_mask(
+                frame_lengths.repeat_interleave(C),
+                T,
+                hp.mask_prob,
+                hp.mask_length,
+                hp.mask_prob_adjust,
+                generator,
+            )
+        if padding_c is not None and bool((mask & padding_c).any()):
+            raise ValueError("the mask covers padded frames")
+
+        student_out = self.student.context(features_c, padding_c, mask=mask)
+        decoder_input = self.decoder.make_input(
+            student_out.frames,
+            student_out.positions,
+            student_out.padding_mask,
+            T,
+            self.config.mask_noise_std,
+            generator,
+        )
+        prediction = self.decoder(decoder_input, padding_c)  # (R, T, D)
+
+        losses = self.objective(
+            prediction,
+            frame_target,
+            mask,
+            teacher_layers,
+            padding_mask,
+            student_out.tokens,
+            student_out.frames,
+            student_out.padding_mask,
+            labels,
+            C,
+            self.global_step,
+        )
+        kept = student_out.frames.shape[0] * student_out.frames.shape[1]
+        if student_out.padding_mask is not None:
+            kept -= int(student_out.padding_mask.sum())
+        return StepOutput(
+            losses=losses,
+            mask=mask,
+            frame_target=frame_target,
+            prediction=prediction,
+            decoder_input=decoder_input,
+            teacher_layers=teacher_layers,
+            tokens=student_out.tokens,
+            kept_frames=student_out.frames,
+            kept_positions=student_out.positions,
+            num_encoded_frames=kept,
+        )
+
+    def training_step(self, batch: AudioBatch, batch_idx: int) -> Tensor | None:
+        generator = self._seed_step(batch_idx)
+        out = self.forward_step(batch.waveforms, batch.lengths, batch.labels, None, generator)
+        losses = out.losses
+
+        if not bool(torch.isfinite(losses.total)):
+            self._nonfinite_in_row += 1
+            self.nonfinite_skipped += 1
+            self.log("train/nonfinite_skipped", float(self.nonfinite_skipped))
+            if self._nonfinite_in_row >= self.hparams.max_nonfinite_in_row:
+                raise NonFiniteLossError(
+                    f"{self._nonfinite_in_row} consecutive non-finite losses at step "
+                    f"{self.global_step} (frame={losses.frame}, utterance={losses.utterance}, "
+                    f"category={losses.category}); lower the learning rate or check the data"
+                )
+            return None  # skips backward and this update
+        self._nonfinite_in_row = 0
+
+        step = self.global_step
+        if step % self.hparams.collapse_check_every == 0:
+            self.guard.check(step, float(losses.target_std), float(losses.prediction_std))
+
+        valid_frames = self.student.frame_lengths(batch.lengths).sum() * self.hparams.num_clones
+        log = {
+            "train/loss": losses.total,
+            "train/frame_loss": losses.frame,
+            "train/utterance_loss": losses.utterance,
+            "train/category_loss": losses.category,
+            "train/category_weight": losses.category_weight,
+            "train/target_std": losses.target_std,
+            "train/prediction_std": losses.prediction_std,
+            "train/masked_fraction": losses.num_masked / valid_frames,
+            "train/num_anchors": losses.num_anchors.float(),
+            "train/ema_decay": self.teacher.decay(self.global_step),
+        }
+        self.log_dict(log, prog_bar=False, batch_size=batch.waveforms.size(0))
+        self.log("loss", losses.total, prog_bar=True, logger=False, batch_size=batch.waveforms.size(0))
+        self._audio_seconds = batch.lengths.sum() / 16000.0
+        return losses.total
+
+    # --------------------------------------------------------------- bookkeeping
+    def on_train_start(self) -> None:
+        self._ema_updates_done = self.trainer.global_step
+        self._last_batch_end = None
+
+    def on_train_batch_end(self, outputs: Any, batch: AudioBatch, batch_idx: int) -> None:
+        # one EMA step per optimizer update, never per micro-batch (the WeightAveraging guard)
+        if self.trainer.global_step > self._ema_updates_done:
+            self.teacher.update(self.student.context, self.trainer.global_step)
+            self._ema_updates_done = self.trainer.global_step
+        now = time.perf_counter()
+        if self._last_batch_end is not None and hasattr(self, "_audio_seconds"):
+            elapsed = now - self._last_batch_end
+            self.log("train/audio_seconds_per_second", self._audio_seconds / elapsed)
+        self._last_batch_end = now
+        optimizer = self.trainer.optimizers[0] if self.trainer.optimizers else None
+        if optimizer is not None:
+            self.log("train/lr", optimizer.param_groups[0]["lr"])
+
+    def _seed_step(self, batch_idx: int) -> torch.Generator:
+        """Every random choice of a step derives from (seed, epoch, batch, rank)."""
+        key = f"{self.hparams.seed}:{self.current_epoch}:{batch_idx}:{self.global_rank}"
+        seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") % (2**63)
+        torch.manual_seed(seed)  # dropout and layerdrop
+        return torch.Generator().manual_seed(seed)  # masks and decoder noise
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        decay, no_decay = [], []
+        for module in (self.student, self.decoder, self.objective):
+            for name, p in module.named_parameters():
+                if not p.requires_grad:
+                    continue
+                # no weight decay on biases, norms, utterance tokens and ALiBi scales
+                (no_decay if p.ndim < 2 or "utterance_tokens" in name or "alibi" in name else decay).append(p)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.lr,
+            betas=tuple(hp.betas),
+            eps=hp.eps,
+            fused=True if self.device.type == "cuda" else None,
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(hp.warmup_steps, total)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
