@@ -65,6 +65,11 @@ class EMATeacher(nn.Module):
         """features: (B, T, D) the student's projected CNN features, unmasked, not cloned."""
         return self.encoder(features.float(), padding_mask, return_layers=True)
 
+    @torch.no_grad()
+    def copy_from(self, student: ContextEncoder) -> None:
+        """Make the teacher an exact copy of the student (as at the start of training)."""
+        self.encoder.load_state_dict({k: v.float() for k, v in student.state_dict().items()})
+
     def load_from(self, state: dict[str, Tensor]) -> None:
         """Start from given teacher weights (e.g. a checkpoint's `_ema`)."""
         self.encoder.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)

@@ -6,19 +6,21 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import lightning as L
 import torch
 from torch import Tensor
 
-from emotion_ssl.data.batch import AudioBatch
 from emotion_ssl.losses import CollapseGuard, LossOutput, PretrainObjective, frame_targets
 from emotion_ssl.losses.utterance import UtteranceVariant
 from emotion_ssl.models import EmotionEncoder, EncoderConfig
 from emotion_ssl.models.decoder import ConvDecoder
 from emotion_ssl.models.masking import compute_span_mask
 from emotion_ssl.models.teacher import EMATeacher
+
+if TYPE_CHECKING:
+    from emotion_ssl.data.batch import AudioBatch
 
 Preset = Literal["tiny", "base"]
 

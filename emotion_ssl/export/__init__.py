@@ -1,0 +1,1 @@
+"""Export and import of encoders (fairseq checkpoint key mapping for now)."""
