@@ -39,6 +39,7 @@ class EMATeacher(nn.Module):
         self.decay_start = decay_start
         self.decay_end = decay_end
         self.anneal_steps = anneal_steps
+        self.eval()
 
     def train(self, mode: bool = True) -> EMATeacher:
         # the teacher never trains: dropout and layerdrop stay off whatever the caller asks
@@ -63,6 +64,8 @@ class EMATeacher(nn.Module):
     @torch.no_grad()
     def forward(self, features: Tensor, padding_mask: Tensor | None) -> ContextOutput:
         """features: (B, T, D) the student's projected CNN features, unmasked, not cloned."""
+        if self.encoder.training:  # a framework may flip `.training` directly; never train
+            self.encoder.eval()
         return self.encoder(features.float(), padding_mask, return_layers=True)
 
     @torch.no_grad()

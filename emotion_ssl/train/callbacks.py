@@ -1,0 +1,82 @@
+"""Callbacks that write what people would rather look at than read."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+PLOTTED = ("train/loss", "train/frame_loss", "train/utterance_loss", "train/category_loss")
+
+
+class LossCurves(L.Callback):
+    """Records the training losses every `every_n_steps` updates and writes `losses.csv` and
+    `loss_curves.png` into the run folder (at each checkpoint-like moment and at the end)."""
+
+    def __init__(self, every_n_steps: int = 1, write_every_n_steps: int = 200) -> None:
+        self.every_n_steps = every_n_steps
+        self.write_every_n_steps = write_every_n_steps
+        self.rows: list[dict[str, float]] = []
+        self._last_step = -1
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if step == self._last_step or step % self.every_n_steps:
+            return
+        self._last_step = step
+        metrics = trainer.callback_metrics
+        row = {"step": float(step)}
+        for key in PLOTTED:
+            value = metrics.get(key)
+            if isinstance(value, torch.Tensor):
+                row[key] = float(value)
+        if len(row) > 1:
+            self.rows.append(row)
+        if step and step % self.write_every_n_steps == 0:
+            self.write(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.write(trainer)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict.get("rows", []))
+
+    def write(self, trainer: L.Trainer) -> None:
+        if not trainer.is_global_zero or not self.rows:
+            return
+        out = Path(trainer.log_dir or trainer.default_root_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        keys = ["step", *[k for k in PLOTTED if any(k in r for r in self.rows)]]
+        with open(out / "losses.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        plot_loss_curves(self.rows, keys[1:], out / "loss_curves.png")
+
+
+def plot_loss_curves(rows: list[dict[str, float]], keys: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in keys:
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        if points:
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, label=key.removeprefix("train/"))
+    ax.set_xlabel("optimizer update")
+    ax.set_ylabel("loss")
+    ax.set_title("emotion-ssl pretraining")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,146 @@
+"""The pretraining system: what the student encodes, the teacher's isolation, EMA cadence,
+non-finite handling and atomic checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from emotion_ssl.data.batch import AudioBatch
+from emotion_ssl.train.checkpoint import atomic_torch_save
+from emotion_ssl.train.pretrain import NonFiniteLossError, PretrainSystem
+
+
+def tiny_system(**kwargs) -> PretrainSystem:
+    torch.manual_seed(0)
+    defaults = dict(preset="tiny", num_clones=4, top_k=2, warmup_steps=1)
+    defaults.update(kwargs)
+    return PretrainSystem(**defaults)
+
+
+def test_student_transformer_sees_only_unmasked_frames() -> None:
+    # no layerdrop, so the hooked block always runs
+    system = tiny_system(encoder_overrides={"layerdrop": 0.0, "prenet_layerdrop": 0.0})
+    seen: list[tuple[int, ...]] = []
+    for context in (system.student.context, system.teacher.encoder):
+        context.prenet[0].register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    waves = torch.randn(3, 16000) * 0.1  # equal lengths: no padding, every row keeps K frames
+    out = system.forward_step(waves, None, torch.full((3,), -1), generator=torch.Generator().manual_seed(0))
+    R, T = out.mask.shape
+    assert (R, T) == (12, 49)
+    assert out.mask.sum(dim=1).tolist() == [24] * R  # floor(0.5 * 49) per clone
+    # the hook fires for the student (R rows) and the teacher (3 unmasked rows, T frames)
+    student_shape = next(s for s in seen if s[0] == R)
+    teacher_shape = next(s for s in seen if s[0] == 3)
+    E = 10
+    assert student_shape[1] - E == T - 24
+    assert R * (student_shape[1] - E) == int((~out.mask).sum()) == out.num_encoded_frames
+    assert teacher_shape[1] - E == T
+
+
+def test_padded_rows_mask_only_valid_frames() -> None:
+    system = tiny_system()
+    lengths = torch.tensor([16000, 8000])
+    waves = torch.randn(2, 16000) * 0.1
+    out = system.forward_step(waves, lengths, torch.full((2,), -1), generator=torch.Generator().manual_seed(1))
+    frames = system.student.frame_lengths(lengths).repeat_interleave(4)  # 49, 24
+    for row, T in enumerate(frames.tolist()):
+        assert int(out.mask[row].sum()) == T // 2
+        assert not out.mask[row, T:].any()
+    assert out.num_encoded_frames == int((frames - frames // 2).sum())
+
+
+def test_teacher_untouched_by_backward_and_absent_from_optimizer() -> None:
+    system = tiny_system()
+    before = {k: v.clone() for k, v in system.teacher.state_dict().items()}
+    out = system.forward_step(torch.randn(2, 12000) * 0.1, None, torch.full((2,), -1))
+    out.losses.total.backward()
+    assert all(p.grad is None and not p.requires_grad for p in system.teacher.parameters())
+    for k, v in system.teacher.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    trainer = L.Trainer(max_steps=10, logger=False, enable_checkpointing=False)
+    system.trainer = trainer
+    optimizer = system.configure_optimizers()["optimizer"]
+    optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in system.teacher.parameters()}
+    student_side = [*system.student.parameters(), *system.decoder.parameters()]
+    assert {id(p) for p in student_side} <= optimised
+
+
+class _Clips(Dataset):
+    def __init__(self, n: int) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.waves = [torch.randn(8000 + 800 * i, generator=g) * 0.1 for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.waves)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.waves[i]
+
+
+def _collate(waves: list[torch.Tensor]) -> AudioBatch:
+    lengths = torch.tensor([w.numel() for w in waves])
+    out = torch.zeros(len(waves), int(lengths.max()))
+    for i, w in enumerate(waves):
+        out[i, : w.numel()] = w
+    return AudioBatch(waveforms=out, lengths=lengths, labels=torch.full((len(waves),), -1), keys=[str(i) for i in range(len(waves))])
+
+
+def test_one_ema_step_per_optimizer_update_with_accumulation(tmp_path: Path) -> None:
+    system = tiny_system(ema_decay=0.9, ema_end_decay=0.9)
+    calls: list[int] = []
+    original = system.teacher.update
+
+    def counting_update(student, step):  # type: ignore[no-untyped-def]
+        calls.append(step)
+        return original(student, step)
+
+    system.teacher.update = counting_update  # type: ignore[method-assign]
+    trainer = L.Trainer(
+        max_steps=3,
+        accumulate_grad_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(system, DataLoader(_Clips(8), batch_size=2, collate_fn=_collate))
+    assert trainer.global_step == 3
+    assert calls == [1, 2, 3]  # 6 micro-batches, 3 updates, 3 EMA steps
+    assert not system.teacher.training
+
+
+def test_nonfinite_loss_skips_then_stops() -> None:
+    system = tiny_system(max_nonfinite_in_row=3)
+    bad = AudioBatch(
+        waveforms=torch.full((2, 8000), float("nan")),
+        lengths=torch.tensor([8000, 8000]),
+        labels=torch.tensor([-1, -1]),
+        keys=["a", "b"],
+    )
+    assert system.training_step(bad, 0) is None
+    assert system.training_step(bad, 1) is None
+    assert system.nonfinite_skipped == 2
+    with pytest.raises(NonFiniteLossError, match="3 consecutive non-finite losses"):
+        system.training_step(bad, 2)
+
+
+def test_atomic_save_keeps_the_last_good_file_on_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"step": 1}, path)
+
+    def crash(obj, f):  # type: ignore[no-untyped-def]
+        f.write(b"partial bytes")
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temp file left behind
