@@ -1,8 +1,8 @@
 """`emotion-ssl <command>`: the one entry point.
 
-    emotion-ssl pretrain -c recipes/pretrain/tiny.yaml --data.train_manifest M.jsonl
-    emotion-ssl pretrain -c recipes/pretrain/tiny.yaml --ckpt_path runs/.../last.ckpt
-    emotion-ssl demo [--out demo_out] [--steps 60]
+emotion-ssl pretrain -c recipes/pretrain/tiny.yaml --data.train_manifest M.jsonl
+emotion-ssl pretrain -c recipes/pretrain/tiny.yaml --ckpt_path runs/.../last.ckpt
+emotion-ssl demo [--out demo_out] [--steps 60]
 """
 
 from __future__ import annotations
@@ -100,8 +100,11 @@ def demo(args: list[str]) -> None:
         ]
     )
     log_dir = Path(cli.trainer.log_dir or out)
-    print(f"[demo] done: loss curves in {log_dir / 'loss_curves.png'}, "
-          f"checkpoints in {log_dir / 'checkpoints'}", flush=True)
+    print(
+        f"[demo] done: loss curves in {log_dir / 'loss_curves.png'}, "
+        f"checkpoints in {log_dir / 'checkpoints'}",
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,10 @@ AUDIO_PREFIX = "modality_encoders.AUDIO."
 
 _ENCODER_RULES: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [
     (r"local_encoder\.conv_layers\.(\d+)\.0\.weight", r"feature_extractor.layers.\1.conv.weight"),
-    (r"local_encoder\.conv_layers\.(\d+)\.2\.1\.(weight|bias)", r"feature_extractor.layers.\1.norm.\2"),
+    (
+        r"local_encoder\.conv_layers\.(\d+)\.2\.1\.(weight|bias)",
+        r"feature_extractor.layers.\1.norm.\2",
+    ),
     (r"project_features\.1\.(weight|bias)", r"feature_norm.\1"),
     (r"project_features\.2\.(weight|bias)", r"feature_proj.\1"),
     (
@@ -119,7 +122,7 @@ def encoder_config_from_fairseq(model_cfg: Mapping[str, Any]) -> EncoderConfig:
     conv_layers = parse_conv_spec(audio["feature_encoder_spec"])
     return EncoderConfig(
         normalize_waveform=bool(model_cfg.get("normalize", True)),
-        conv_layers=[tuple(layer) for layer in conv_layers],
+        conv_layers=conv_layers,
         embed_dim=int(model_cfg["embed_dim"]),
         num_heads=int(model_cfg["num_heads"]),
         mlp_ratio=float(model_cfg["mlp_ratio"]),

@@ -1,8 +1,8 @@
 """Losses: targets, frame, utterance, contrastive, and the objective that combines them."""
 
 from emotion_ssl.losses.contrastive import (
-    PrototypeBank,
     ProjectionHead,
+    PrototypeBank,
     supervised_contrastive_loss,
 )
 from emotion_ssl.losses.frame import frame_loss

@@ -89,6 +89,8 @@ class PrototypeBank(nn.Module):
         self.momentum = momentum
         self.threshold = threshold
         self.warmup_steps = warmup_steps
+        self.prototypes: Tensor
+        self.initialised: Tensor
         self.register_buffer("prototypes", torch.zeros(num_classes, dim))
         self.register_buffer("initialised", torch.zeros(num_classes, dtype=torch.bool))
 

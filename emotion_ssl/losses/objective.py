@@ -9,15 +9,20 @@ import torch
 from torch import Tensor, nn
 
 from emotion_ssl.losses.contrastive import (
-    PrototypeBank,
     ProjectionHead,
+    PrototypeBank,
     gather_no_grad,
     gather_with_grad,
     supervised_contrastive_loss,
 )
 from emotion_ssl.losses.frame import frame_loss
 from emotion_ssl.losses.targets import feature_std, utterance_target
-from emotion_ssl.losses.utterance import UtteranceVariant, utterance_loss, utterance_prediction
+from emotion_ssl.losses.utterance import (
+    Reduction,
+    UtteranceVariant,
+    utterance_loss,
+    utterance_prediction,
+)
 
 UtteranceMode = Literal["code_faithful", "layer_norm"]
 
@@ -165,7 +170,7 @@ class PretrainObjective(nn.Module):
         utt_tgt = utterance_target(
             self.utterance_mode, teacher_layers, frame_target, padding_mask, self.top_k
         ).repeat_interleave(C, dim=0)  # (R, D)
-        reduction = "sum" if self.utterance_mode == "code_faithful" else "mean"
+        reduction: Reduction = "sum" if self.utterance_mode == "code_faithful" else "mean"
         loss_utt = utterance_loss(utt_pred, utt_tgt, reduction)
 
         gamma = self.category_weight_at(step)

@@ -35,9 +35,7 @@ def instance_norm_over_time(x: Tensor, padding_mask: Tensor | None, eps: float =
     return (x - mean) * torch.rsqrt(var + eps) * valid
 
 
-def frame_targets(
-    layer_results: list[Tensor], padding_mask: Tensor | None, top_k: int
-) -> Tensor:
+def frame_targets(layer_results: list[Tensor], padding_mask: Tensor | None, top_k: int) -> Tensor:
     """Average of the top-k teacher FFN outputs, each instance-normalised over time.
 
     layer_results: per shared block (B, T, D), utterance tokens already removed -> (B, T, D)

@@ -98,6 +98,7 @@ class ContextEncoder(nn.Module):
             nn.init.normal_(self.utterance_tokens[:, 1:])
         # learned per-head ALiBi scale, shared by all blocks: (1, 1, H, 1, 1) as in fairseq
         self.alibi_scale = nn.Parameter(torch.ones(1, 1, H, 1, 1))
+        self.alibi_slopes: Tensor
         self.register_buffer(
             "alibi_slopes", torch.tensor(alibi_slopes(H), dtype=torch.float32), persistent=False
         )
@@ -230,7 +231,9 @@ class EmotionEncoder(nn.Module):
         features (B, T, D), padding_mask (B, T) or None, frame lengths (B,)
         """
         if waveforms.dim() != 2:
-            raise ValueError(f"waveforms must be (batch, samples), got shape {tuple(waveforms.shape)}")
+            raise ValueError(
+                f"waveforms must be (batch, samples), got shape {tuple(waveforms.shape)}"
+            )
         B, S = waveforms.shape
         if lengths is None:
             lengths = torch.full((B,), S, dtype=torch.long, device=waveforms.device)

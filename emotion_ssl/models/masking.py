@@ -30,7 +30,7 @@ def compute_span_mask(
     cpu_lengths = lengths.detach().cpu().long().tolist()
     mask = torch.zeros(len(cpu_lengths), max_len, dtype=torch.bool)
     for row, T in enumerate(cpu_lengths):
-        if T > max_len:
+        if max_len < T:
             raise ValueError(f"length {T} exceeds max_len {max_len}")
         target = int(T * mask_prob)
         if target == 0:

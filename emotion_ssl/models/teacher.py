@@ -53,7 +53,7 @@ class EMATeacher(nn.Module):
     def update(self, student: ContextEncoder, step: int) -> float:
         """One EMA step at optimizer update `step` (0-based); returns the decay used."""
         tau = self.decay(step)
-        teacher_params = list(self.encoder.parameters())
+        teacher_params: list[Tensor] = list(self.encoder.parameters())
         student_params = [p.detach().to(torch.float32) for p in student.parameters()]
         if len(teacher_params) != len(student_params):
             raise RuntimeError("teacher and student context encoders have different structures")

@@ -22,7 +22,9 @@ class LossCurves(L.Callback):
         self.rows: list[dict[str, float]] = []
         self._last_step = -1
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
+    ) -> None:
         step = trainer.global_step
         if step == self._last_step or step % self.every_n_steps:
             return

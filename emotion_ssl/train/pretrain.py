@@ -139,6 +139,18 @@ class PretrainSystem(L.LightningModule):
             pseudo_label_warmup_steps=pseudo_label_warmup_steps,
         )
         self.guard = CollapseGuard(collapse_after_steps, min_target_std, min_prediction_std)
+        self.num_clones = num_clones
+        self.mask_prob, self.mask_length, self.mask_prob_adjust = (
+            mask_prob,
+            mask_length,
+            mask_prob_adjust,
+        )
+        self.top_k = top_k
+        self.lr, self.betas, self.eps = lr, (float(betas[0]), float(betas[1])), eps
+        self.weight_decay, self.warmup_steps = weight_decay, warmup_steps
+        self.collapse_check_every = collapse_check_every
+        self.max_nonfinite_in_row = max_nonfinite_in_row
+        self.seed = seed
         self._ema_updates_done = 0
         self._nonfinite_in_row = 0
         self.nonfinite_skipped = 0
@@ -155,7 +167,7 @@ class PretrainSystem(L.LightningModule):
     ) -> StepOutput:
         """One pretraining forward pass. `mask` (B * num_clones, T) may be given (e.g. the
         reference's masks); otherwise it is drawn from `generator`."""
-        hp, C = self.hparams, self.hparams.num_clones
+        C = self.num_clones
         features, padding_mask, frame_lengths = self.student.local_features(waveforms, lengths)
         # features: (B, T, D); the CNN runs once per utterance, not once per clone
 
@@ -163,7 +175,7 @@ class PretrainSystem(L.LightningModule):
         E = teacher_out.num_tokens
         assert teacher_out.ffn_outputs is not None
         teacher_layers = [f[:, E:] for f in teacher_out.ffn_outputs[-self.config.depth :]]
-        frame_target = frame_targets(teacher_layers, padding_mask, hp.top_k)  # (B, T, D)
+        frame_target = frame_targets(teacher_layers, padding_mask, self.top_k)  # (B, T, D)
 
         T = features.size(1)
         features_c = features.repeat_interleave(C, dim=0)  # (R, T, D), row b*C + c
@@ -172,9 +184,9 @@ class PretrainSystem(L.LightningModule):
             mask = compute_span_mask(
                 frame_lengths.repeat_interleave(C),
                 T,
-                hp.mask_prob,
-                hp.mask_length,
-                hp.mask_prob_adjust,
+                self.mask_prob,
+                self.mask_length,
+                self.mask_prob_adjust,
                 generator,
             )
         if padding_c is not None and bool((mask & padding_c).any()):
@@ -229,7 +241,7 @@ class PretrainSystem(L.LightningModule):
             self._nonfinite_in_row += 1
             self.nonfinite_skipped += 1
             self.log("train/nonfinite_skipped", float(self.nonfinite_skipped))
-            if self._nonfinite_in_row >= self.hparams.max_nonfinite_in_row:
+            if self._nonfinite_in_row >= self.max_nonfinite_in_row:
                 raise NonFiniteLossError(
                     f"{self._nonfinite_in_row} consecutive non-finite losses at step "
                     f"{self.global_step} (frame={losses.frame}, utterance={losses.utterance}, "
@@ -239,11 +251,11 @@ class PretrainSystem(L.LightningModule):
         self._nonfinite_in_row = 0
 
         step = self.global_step
-        if step % self.hparams.collapse_check_every == 0:
+        if step % self.collapse_check_every == 0:
             self.guard.check(step, float(losses.target_std), float(losses.prediction_std))
 
-        valid_frames = self.student.frame_lengths(batch.lengths).sum() * self.hparams.num_clones
-        log = {
+        valid_frames = self.student.frame_lengths(batch.lengths).sum() * self.num_clones
+        log: dict[str, Tensor | float] = {
             "train/loss": losses.total,
             "train/frame_loss": losses.frame,
             "train/utterance_loss": losses.utterance,
@@ -256,7 +268,9 @@ class PretrainSystem(L.LightningModule):
             "train/ema_decay": self.teacher.decay(self.global_step),
         }
         self.log_dict(log, prog_bar=False, batch_size=batch.waveforms.size(0))
-        self.log("loss", losses.total, prog_bar=True, logger=False, batch_size=batch.waveforms.size(0))
+        self.log(
+            "loss", losses.total, prog_bar=True, logger=False, batch_size=batch.waveforms.size(0)
+        )
         self._audio_seconds = batch.lengths.sum() / 16000.0
         return losses.total
 
@@ -281,29 +295,36 @@ class PretrainSystem(L.LightningModule):
 
     def _seed_step(self, batch_idx: int) -> torch.Generator:
         """Every random choice of a step derives from (seed, epoch, batch, rank)."""
-        key = f"{self.hparams.seed}:{self.current_epoch}:{batch_idx}:{self.global_rank}"
+        key = f"{self.seed}:{self.current_epoch}:{batch_idx}:{self.global_rank}"
         seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") % (2**63)
         torch.manual_seed(seed)  # dropout and layerdrop
         return torch.Generator().manual_seed(seed)  # masks and decoder noise
 
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        decay, no_decay = [], []
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
         for module in (self.student, self.decoder, self.objective):
             for name, p in module.named_parameters():
                 if not p.requires_grad:
                     continue
                 # no weight decay on biases, norms, utterance tokens and ALiBi scales
-                (no_decay if p.ndim < 2 or "utterance_tokens" in name or "alibi" in name else decay).append(p)
+                (
+                    no_decay
+                    if p.ndim < 2 or "utterance_tokens" in name or "alibi" in name
+                    else decay
+                ).append(p)
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.lr,
-            betas=tuple(hp.betas),
-            eps=hp.eps,
+            [
+                {"params": decay, "weight_decay": self.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.lr,
+            betas=self.betas,
+            eps=self.eps,
             fused=True if self.device.type == "cuda" else None,
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(hp.warmup_steps, total)
+        warmup = min(self.warmup_steps, total)
 
         def schedule(step: int) -> float:
             if step < warmup:
@@ -312,4 +333,7 @@ class PretrainSystem(L.LightningModule):
             return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

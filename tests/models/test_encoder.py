@@ -41,7 +41,9 @@ def test_alibi_slopes_match_the_reference_order() -> None:
     assert twelve[8:] == pytest.approx([0.70710678, 0.35355339, 0.17677670, 0.08838835])
 
 
-@pytest.mark.parametrize(("samples", "frames"), [(400, 1), (16000, 49), (23456, 73), (40000, 124), (64000, 199)])
+@pytest.mark.parametrize(
+    ("samples", "frames"), [(400, 1), (16000, 49), (23456, 73), (40000, 124), (64000, 199)]
+)
 def test_frame_count_follows_the_conv_formula(samples: int, frames: int) -> None:
     config = EncoderConfig.tiny()
     assert int(conv_output_lengths(torch.tensor([samples]), config.conv_layers)) == frames

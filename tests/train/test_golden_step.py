@@ -60,7 +60,9 @@ def step_dir(golden_dir: Path) -> Path:
 
 
 @pytest.mark.parametrize(("variant", "filename"), VARIANTS)
-def test_step_matches_reference(golden_dir: Path, step_dir: Path, variant: str, filename: str) -> None:
+def test_step_matches_reference(
+    golden_dir: Path, step_dir: Path, variant: str, filename: str
+) -> None:
     step = torch.load(step_dir / "step.pt")
     golden = torch.load(step_dir / filename)
     system = golden_system(golden_dir, variant)
@@ -82,7 +84,9 @@ def test_step_matches_reference(golden_dir: Path, step_dir: Path, variant: str, 
 
     # the reference's normalised losses (summed loss / sample size)
     normalised = golden["normalised"]
-    assert losses.frame.item() == pytest.approx(normalised["AUDIO_regression_over_sample_size"], rel=1e-5)
+    assert losses.frame.item() == pytest.approx(
+        normalised["AUDIO_regression_over_sample_size"], rel=1e-5
+    )
     assert losses.utterance.item() == pytest.approx(normalised["cls_over_sample_size"], rel=1e-5)
     assert losses.total.item() == pytest.approx(normalised["total_over_sample_size"], rel=1e-5)
 
@@ -105,7 +109,9 @@ def test_default_mode_differs_only_in_the_utterance_term(golden_dir: Path, step_
     default = golden_system(golden_dir, "chunk", mode="layer_norm")
     out = default.forward_step(step["source"], None, torch.full((3,), -1), mask=step["mask"])
     ref = step["normalised"]
-    assert out.losses.frame.item() == pytest.approx(ref["AUDIO_regression_over_sample_size"], rel=1e-5)
+    assert out.losses.frame.item() == pytest.approx(
+        ref["AUDIO_regression_over_sample_size"], rel=1e-5
+    )
     assert (out.losses.utterance_prediction - step["cls_pred"]).abs().max() <= 1e-5
     assert out.losses.utterance_target.abs().max() > 0.1  # a real target, not zero
     # and it is a mean over clones, not a sum: R = 6 rows
@@ -114,4 +120,3 @@ def test_default_mode_differs_only_in_the_utterance_term(golden_dir: Path, step_
     faithful = golden_system(golden_dir, "chunk", mode="code_faithful")
     out_f = faithful.forward_step(step["source"], None, torch.full((3,), -1), mask=step["mask"])
     assert out_f.losses.utterance.item() == pytest.approx(ref["cls_over_sample_size"], rel=1e-5)
-

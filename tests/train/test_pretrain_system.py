@@ -29,7 +29,9 @@ def test_student_transformer_sees_only_unmasked_frames() -> None:
     for context in (system.student.context, system.teacher.encoder):
         context.prenet[0].register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
     waves = torch.randn(3, 16000) * 0.1  # equal lengths: no padding, every row keeps K frames
-    out = system.forward_step(waves, None, torch.full((3,), -1), generator=torch.Generator().manual_seed(0))
+    out = system.forward_step(
+        waves, None, torch.full((3,), -1), generator=torch.Generator().manual_seed(0)
+    )
     R, T = out.mask.shape
     assert (R, T) == (12, 49)
     assert out.mask.sum(dim=1).tolist() == [24] * R  # floor(0.5 * 49) per clone
@@ -46,7 +48,9 @@ def test_padded_rows_mask_only_valid_frames() -> None:
     system = tiny_system()
     lengths = torch.tensor([16000, 8000])
     waves = torch.randn(2, 16000) * 0.1
-    out = system.forward_step(waves, lengths, torch.full((2,), -1), generator=torch.Generator().manual_seed(1))
+    out = system.forward_step(
+        waves, lengths, torch.full((2,), -1), generator=torch.Generator().manual_seed(1)
+    )
     frames = system.student.frame_lengths(lengths).repeat_interleave(4)  # 49, 24
     for row, T in enumerate(frames.tolist()):
         assert int(out.mask[row].sum()) == T // 2
@@ -88,7 +92,12 @@ def _collate(waves: list[torch.Tensor]) -> AudioBatch:
     out = torch.zeros(len(waves), int(lengths.max()))
     for i, w in enumerate(waves):
         out[i, : w.numel()] = w
-    return AudioBatch(waveforms=out, lengths=lengths, labels=torch.full((len(waves),), -1), keys=[str(i) for i in range(len(waves))])
+    return AudioBatch(
+        waveforms=out,
+        lengths=lengths,
+        labels=torch.full((len(waves),), -1),
+        keys=[str(i) for i in range(len(waves))],
+    )
 
 
 def test_one_ema_step_per_optimizer_update_with_accumulation(tmp_path: Path) -> None:
@@ -130,7 +139,9 @@ def test_nonfinite_loss_skips_then_stops() -> None:
         system.training_step(bad, 2)
 
 
-def test_atomic_save_keeps_the_last_good_file_on_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_atomic_save_keeps_the_last_good_file_on_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "last.ckpt"
     atomic_torch_save({"step": 1}, path)
 
