@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Any
 
 COMMANDS = {
@@ -54,20 +55,26 @@ def pretrain(args: list[str]) -> Any:
             callbacks = [*callbacks, LossCurves()]
             return super()._instantiate_trainer(config, callbacks)
 
-    return PretrainCLI(
-        PretrainSystem,
-        PretrainDataModule,
-        args=["fit", *args],
-        seed_everything_default=1,
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": "runs", "name": "pretrain"},
+    # the teacher's modules are in eval mode on purpose
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads `args`, not the process argv
+    try:
+        return PretrainCLI(
+            PretrainSystem,
+            PretrainDataModule,
+            args=["fit", *args],
+            seed_everything_default=1,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={
+                "logger": {
+                    "class_path": "lightning.pytorch.loggers.CSVLogger",
+                    "init_args": {"save_dir": "runs", "name": "pretrain"},
+                },
+                "log_every_n_steps": 10,
             },
-            "log_every_n_steps": 10,
-        },
-    )
+        )
+    finally:
+        sys.argv = argv
 
 
 def demo(args: list[str]) -> None:

@@ -18,21 +18,27 @@ def _valid(padding_mask: Tensor | None, like: Tensor) -> Tensor:
     return (~padding_mask).unsqueeze(-1).to(like.dtype)
 
 
+def _zero_padding(x: Tensor, padding_mask: Tensor | None) -> Tensor:
+    # masked_fill, not a product: inf or NaN in padding must not reach the valid frames
+    return x if padding_mask is None else x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+
+
 def time_mean(x: Tensor, padding_mask: Tensor | None) -> Tensor:
     """Mean over time of x (B, T, D) on valid frames only -> (B, D)."""
     valid = _valid(padding_mask, x)
-    return (x * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1.0)
+    return _zero_padding(x, padding_mask).sum(dim=1) / valid.sum(dim=1).clamp_min(1.0)
 
 
 def instance_norm_over_time(x: Tensor, padding_mask: Tensor | None, eps: float = 1e-5) -> Tensor:
     """Normalise each channel of each utterance over its valid frames (biased variance, no
     affine): `F.instance_norm` of the reference, made padding-aware. x: (B, T, D) -> fp32."""
-    x = x.float()  # fp32: targets are statistics over hundreds of frames
+    x = _zero_padding(x.float(), padding_mask)  # fp32: statistics over hundreds of frames
     valid = _valid(padding_mask, x)
     count = valid.sum(dim=1, keepdim=True).clamp_min(1.0)  # (B, 1, 1)
-    mean = (x * valid).sum(dim=1, keepdim=True) / count
-    var = ((x - mean).pow(2) * valid).sum(dim=1, keepdim=True) / count
-    return (x - mean) * torch.rsqrt(var + eps) * valid
+    mean = x.sum(dim=1, keepdim=True) / count
+    centred = _zero_padding(x - mean, padding_mask)
+    var = centred.pow(2).sum(dim=1, keepdim=True) / count
+    return centred * torch.rsqrt(var + eps)
 
 
 def frame_targets(layer_results: list[Tensor], padding_mask: Tensor | None, top_k: int) -> Tensor:
@@ -63,6 +69,8 @@ def utterance_target(
         averaged, time-averaged over valid frames, then layer-normalised — an utterance summary
         that keeps its information.
     """
+    if not 1 <= top_k <= len(layer_results):
+        raise ValueError(f"top_k={top_k} must be in [1, {len(layer_results)}]")
     if mode == "code_faithful":
         return time_mean(frame_target, padding_mask)
     if mode == "layer_norm":

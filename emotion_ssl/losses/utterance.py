@@ -33,7 +33,8 @@ def utterance_prediction(
         if frame_padding is None:
             return frames.mean(dim=1)
         keep = (~frame_padding).unsqueeze(-1).to(frames.dtype)
-        return (frames * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)
+        summed = frames.masked_fill(frame_padding.unsqueeze(-1), 0.0).sum(dim=1)
+        return summed / keep.sum(dim=1).clamp_min(1.0)
     raise ValueError(f"unknown utterance variant {variant!r}; use 'chunk', 'token' or 'global'")
 
 

@@ -75,7 +75,8 @@ def masked_mean(x: Tensor, padding_mask: Tensor | None) -> Tensor:
     if padding_mask is None:
         return x.mean(dim=1)
     keep = (~padding_mask).unsqueeze(-1).to(x.dtype)
-    return (x * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)
+    summed = x.masked_fill(padding_mask.unsqueeze(-1), 0.0).sum(dim=1)
+    return summed / keep.sum(dim=1).clamp_min(1.0)
 
 
 class ContextEncoder(nn.Module):

@@ -59,7 +59,9 @@ class LossCurves(L.Callback):
             writer = csv.DictWriter(f, fieldnames=keys)
             writer.writeheader()
             writer.writerows(self.rows)
-        plot_loss_curves(self.rows, keys[1:], out / "loss_curves.png")
+        # a part that was never switched on (e.g. no category term) is left out of the plot
+        shown = [k for k in keys[1:] if any(r.get(k, 0.0) != 0.0 for r in self.rows)]
+        plot_loss_curves(self.rows, shown, out / "loss_curves.png")
 
 
 def plot_loss_curves(rows: list[dict[str, float]], keys: list[str], path: Path) -> None:

@@ -45,6 +45,27 @@ class StepOutput:
     num_encoded_frames: int
 
 
+class TeacherUpdate(L.Callback):
+    """Moves the EMA teacher once per optimizer update, never per micro-batch: the guard on
+    `trainer.global_step` of Lightning's WeightAveraging. A callback (not a module hook) so it
+    runs before ModelCheckpoint, and a checkpoint written at update N holds the teacher after
+    its N-th EMA step."""
+
+    def __init__(self) -> None:
+        self._last_step = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_step = trainer.global_step
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
+    ) -> None:
+        if trainer.global_step > self._last_step:
+            assert isinstance(pl_module, PretrainSystem)
+            pl_module.teacher.update(pl_module.student.context, trainer.global_step)
+            self._last_step = trainer.global_step
+
+
 class NonFiniteLossError(RuntimeError):
     """Raised after too many consecutive updates with a non-finite loss."""
 
@@ -151,7 +172,6 @@ class PretrainSystem(L.LightningModule):
         self.collapse_check_every = collapse_check_every
         self.max_nonfinite_in_row = max_nonfinite_in_row
         self.seed = seed
-        self._ema_updates_done = 0
         self._nonfinite_in_row = 0
         self.nonfinite_skipped = 0
         self._last_batch_end: float | None = None
@@ -274,16 +294,34 @@ class PretrainSystem(L.LightningModule):
         self._audio_seconds = batch.lengths.sum() / 16000.0
         return losses.total
 
+    def validation_step(self, batch: AudioBatch, batch_idx: int) -> Tensor:
+        # fixed masks per batch: validation losses are comparable across the run
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + batch_idx)
+        out = self.forward_step(batch.waveforms, batch.lengths, batch.labels, None, generator)
+        losses = out.losses
+        size = batch.waveforms.size(0)
+        self.log_dict(
+            {
+                "val/loss": losses.total,
+                "val/frame_loss": losses.frame,
+                "val/utterance_loss": losses.utterance,
+                "val/category_loss": losses.category,
+                "val/target_std": losses.target_std,
+                "val/prediction_std": losses.prediction_std,
+            },
+            batch_size=size,
+            sync_dist=True,
+        )
+        return losses.total
+
     # --------------------------------------------------------------- bookkeeping
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [TeacherUpdate()]
+
     def on_train_start(self) -> None:
-        self._ema_updates_done = self.trainer.global_step
         self._last_batch_end = None
 
     def on_train_batch_end(self, outputs: Any, batch: AudioBatch, batch_idx: int) -> None:
-        # one EMA step per optimizer update, never per micro-batch (the WeightAveraging guard)
-        if self.trainer.global_step > self._ema_updates_done:
-            self.teacher.update(self.student.context, self.trainer.global_step)
-            self._ema_updates_done = self.trainer.global_step
         now = time.perf_counter()
         if self._last_batch_end is not None and hasattr(self, "_audio_seconds"):
             elapsed = now - self._last_batch_end

@@ -1,0 +1,248 @@
+"""PretrainObjective (frame + alpha * utterance + gamma * category) and the collapse guard."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from emotion_ssl.losses import (
+    CollapseGuard,
+    LossOutput,
+    PretrainObjective,
+    TrainingCollapsedError,
+    feature_std,
+    frame_targets,
+)
+
+torch.set_num_threads(1)
+
+B, C, T, D, E = 2, 2, 5, 4, 3
+R = B * C
+
+
+@dataclass
+class Inputs:
+    prediction: torch.Tensor
+    frame_target: torch.Tensor
+    mask: torch.Tensor
+    teacher_layers: list[torch.Tensor]
+    tokens: torch.Tensor
+    kept_frames: torch.Tensor
+
+    def call(self, objective: PretrainObjective, labels: list[int], step: int) -> LossOutput:
+        return objective(
+            self.prediction,
+            self.frame_target,
+            self.mask,
+            self.teacher_layers,
+            None,
+            self.tokens,
+            self.kept_frames,
+            None,
+            torch.tensor(labels),
+            C,
+            step,
+        )
+
+
+def _inputs() -> Inputs:
+    """Prediction = target + 1 on every masked frame, so each masked frame has error D = 4
+    and the frame loss is 4 / sqrt(4) = 2. Every utterance token is 1, so the token mean is
+    (1, 1, 1, 1) and every embedding of the category head is the same vector."""
+    g = torch.Generator().manual_seed(0)
+    layers = [torch.randn(B, T, D, generator=g) * 2 + 1 for _ in range(2)]
+    frame_target = frame_targets(layers, None, top_k=2)  # (B, T, D)
+    mask = torch.tensor(
+        [
+            [True, True, False, False, True],
+            [False, True, True, True, False],
+            [True, False, True, False, True],
+            [False, False, True, True, True],
+        ]
+    )
+    prediction = frame_target.repeat_interleave(C, dim=0) + mask.unsqueeze(-1).float()
+    return Inputs(
+        prediction=prediction.requires_grad_(True),
+        frame_target=frame_target,
+        mask=mask,
+        teacher_layers=layers,
+        tokens=torch.ones(R, E, D, requires_grad=True),
+        kept_frames=torch.randn(R, 2, D, generator=g),
+    )
+
+
+# ------------------------------------------------------------------ category ramp
+def test_category_weight_ramp() -> None:
+    objective = PretrainObjective(D, top_k=2, category_weight=0.4, category_ramp_steps=100)
+    assert objective.category_weight_at(0) == 0.0
+    assert objective.category_weight_at(50) == pytest.approx(0.2, abs=1e-12)
+    assert objective.category_weight_at(25) == pytest.approx(0.1, abs=1e-12)
+    assert objective.category_weight_at(100) == pytest.approx(0.4, abs=1e-12)
+    assert objective.category_weight_at(10_000) == pytest.approx(0.4, abs=1e-12)
+
+
+def test_category_weight_without_ramp_or_term() -> None:
+    assert PretrainObjective(
+        D, top_k=2, category_weight=0.4, category_ramp_steps=0
+    ).category_weight_at(0) == pytest.approx(0.4)
+    disabled = PretrainObjective(D, top_k=2, category_weight=0.0)
+    assert disabled.head is None
+    assert disabled.category_weight_at(10**6) == 0.0
+
+
+# ------------------------------------------------------------------ the total
+def test_total_by_hand_code_faithful() -> None:
+    torch.manual_seed(0)
+    objective = PretrainObjective(
+        D,
+        utterance_weight=0.5,
+        utterance_mode="code_faithful",
+        top_k=2,
+        category_weight=0.6,
+        category_ramp_steps=10,
+        projection_dim=3,
+    )
+    out = _inputs().call(objective, labels=[0, 1], step=5)
+    assert out.frame.item() == pytest.approx(2.0, rel=1e-5)
+    # target ~ 0, prediction (1, 1, 1, 1): 4 / sqrt(4) = 2 per clone, summed over 4 clones
+    assert out.utterance.item() == pytest.approx(8.0, rel=1e-5)
+    assert out.utterance_target.abs().max().item() < 1e-5
+    # identical embeddings: every logit is equal, each anchor has one positive among
+    # three others -> -log(1/3) = log 3
+    assert out.category.item() == pytest.approx(math.log(3), rel=1e-5)
+    assert out.num_anchors.item() == 4
+    assert out.category_weight == pytest.approx(0.3)  # 0.6 * 5 / 10
+    assert out.total.item() == pytest.approx(2.0 + 0.5 * 8.0 + 0.3 * math.log(3), rel=1e-5)
+    # and the total is exactly the weighted sum of its reported parts
+    parts = out.frame + 0.5 * out.utterance + 0.3 * out.category
+    assert out.total.item() == pytest.approx(parts.item(), rel=1e-6)
+
+
+def test_total_layer_norm_mode_averages_over_clones() -> None:
+    objective = PretrainObjective(D, utterance_weight=2.0, utterance_mode="layer_norm", top_k=2)
+    inputs = _inputs()
+    out = inputs.call(objective, labels=[-1, -1], step=0)
+    # target t is layer-normalised (sum 0, sum of squares ~D): ||1 - t||^2 = D + D = 8,
+    # / sqrt(4) = 4 per clone, averaged over clones
+    assert out.utterance.item() == pytest.approx(4.0, rel=1e-3)
+    assert out.total.item() == pytest.approx(out.frame.item() + 2.0 * out.utterance.item())
+    # the target is computed per utterance and repeated over its clones (row b*C + c)
+    assert out.utterance_target.shape == (R, D)
+    assert torch.equal(out.utterance_target[0], out.utterance_target[1])
+    assert torch.equal(out.utterance_target[2], out.utterance_target[3])
+    assert not torch.allclose(out.utterance_target[0], out.utterance_target[2])
+
+
+def test_utterance_variant_is_used() -> None:
+    inputs = _inputs()
+    inputs.tokens = torch.zeros(R, E, D)
+    inputs.tokens[:, -1] = 3.0  # last token 3, mean 1
+    for variant, expected in (("chunk", 1.0), ("token", 3.0)):
+        objective = PretrainObjective(
+            D, top_k=2, utterance_variant=variant, utterance_mode="code_faithful"
+        )
+        out = inputs.call(objective, labels=[-1, -1], step=0)
+        assert out.utterance_prediction[0].tolist() == [expected] * D
+    objective = PretrainObjective(
+        D, top_k=2, utterance_variant="global", utterance_mode="code_faithful"
+    )
+    out = inputs.call(objective, labels=[-1, -1], step=0)
+    torch.testing.assert_close(out.utterance_prediction, inputs.kept_frames.mean(dim=1))
+
+
+def test_no_label_batch_works_unchanged() -> None:
+    torch.manual_seed(0)
+    objective = PretrainObjective(
+        D,
+        top_k=2,
+        utterance_mode="code_faithful",
+        category_weight=1.0,
+        category_ramp_steps=0,
+        projection_dim=3,
+    )
+    inputs = _inputs()
+    out = inputs.call(objective, labels=[-1, -1], step=100)
+    assert out.category.item() == 0.0
+    assert out.num_anchors.item() == 0
+    assert out.total.item() == pytest.approx(2.0 + 8.0, rel=1e-5)
+    out.total.backward()
+    assert inputs.prediction.grad is not None and torch.isfinite(inputs.prediction.grad).all()
+    assert objective.head is not None
+    # the head is in the graph (DDP needs every parameter used) but gets no gradient
+    assert objective.head.fc1.weight.grad is not None
+    assert torch.equal(objective.head.fc1.weight.grad, torch.zeros(D, D))
+
+
+def test_category_term_disabled() -> None:
+    objective = PretrainObjective(D, top_k=2, utterance_mode="code_faithful", category_weight=0.0)
+    out = _inputs().call(objective, labels=[0, 1], step=100)
+    assert out.category.item() == 0.0
+    assert out.category_weight == 0.0
+    assert out.num_anchors.item() == 0
+    assert out.total.item() == pytest.approx(out.frame.item() + out.utterance.item(), rel=1e-6)
+
+
+def test_statistics() -> None:
+    inputs = _inputs()
+    out = inputs.call(PretrainObjective(D, top_k=2), labels=[-1, -1], step=0)
+    assert out.num_masked.item() == 12
+    target_c = inputs.frame_target.repeat_interleave(C, dim=0)
+    torch.testing.assert_close(out.target_std, feature_std(target_c[inputs.mask]))
+    torch.testing.assert_close(
+        out.prediction_std, feature_std(inputs.prediction.detach()[inputs.mask])
+    )
+
+
+def test_pseudo_labels_join_after_warmup() -> None:
+    torch.manual_seed(0)
+
+    def objective(warmup: int) -> PretrainObjective:
+        return PretrainObjective(
+            D,
+            top_k=2,
+            utterance_mode="code_faithful",
+            category_weight=1.0,
+            category_ramp_steps=0,
+            num_classes=2,
+            projection_dim=3,
+            pseudo_labels=True,
+            pseudo_label_threshold=-1.0,  # every unlabelled clone is confident
+            pseudo_label_warmup_steps=warmup,
+        )
+
+    before = _inputs().call(objective(warmup=100), labels=[0, -1], step=5)
+    assert before.num_pseudo_labelled.item() == 0
+    assert before.num_anchors.item() == 2  # the two clones of utterance 0
+    after = _inputs().call(objective(warmup=0), labels=[0, -1], step=5)
+    assert after.num_pseudo_labelled.item() == 2
+    assert after.num_anchors.item() == 4
+    # identical embeddings, three positives among three others: log-prob -log 3 each
+    assert after.category.item() == pytest.approx(math.log(3), rel=1e-5)
+
+
+def test_pseudo_labels_need_classes() -> None:
+    with pytest.raises(ValueError, match="num_classes"):
+        PretrainObjective(D, top_k=2, category_weight=1.0, pseudo_labels=True, num_classes=1)
+
+
+# ------------------------------------------------------------------ collapse guard
+def test_collapse_guard_waits_for_after_steps() -> None:
+    guard = CollapseGuard()  # reference: after 5000 updates, target 0.1, prediction 0.01
+    guard.check(0, 0.0, 0.0)
+    guard.check(5000, 0.0, 0.0)
+    with pytest.raises(TrainingCollapsedError, match="target std"):
+        guard.check(5001, 0.0, 0.0)
+
+
+def test_collapse_guard_thresholds() -> None:
+    guard = CollapseGuard(after_steps=10, min_target_std=0.1, min_prediction_std=0.01)
+    guard.check(11, 0.1, 0.01)  # at the thresholds: fine
+    guard.check(11, 2.0, 3.0)
+    with pytest.raises(TrainingCollapsedError, match=r"step 11: target std 0\.05"):
+        guard.check(11, 0.05, 1.0)
+    with pytest.raises(TrainingCollapsedError, match=r"step 12: prediction std 0\.005"):
+        guard.check(12, 1.0, 0.005)
+    assert issubclass(TrainingCollapsedError, RuntimeError)

@@ -1,0 +1,26 @@
+"""The README's Python example runs as written and its shape comments are true."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def test_readme_python_example_runs() -> None:
+    blocks = python_blocks(README.read_text())
+    assert blocks, "README has no python example"
+    namespace: dict[str, object] = {}
+    exec(compile(blocks[0], str(README), "exec"), namespace)
+    out = namespace["out"]
+    assert tuple(out.frames.shape) == (2, 149, 768)  # type: ignore[attr-defined]
+    assert tuple(out.padding_mask.shape) == (2, 149)  # type: ignore[attr-defined]
+    assert int((~out.padding_mask[1]).sum()) == 93  # type: ignore[attr-defined]
+    assert tuple(out.utterance.shape) == (2, 768)  # type: ignore[attr-defined]
+    assert tuple(out.tokens.shape) == (2, 10, 768)  # type: ignore[attr-defined]
+    assert len(out.layers) == 12  # type: ignore[attr-defined]
