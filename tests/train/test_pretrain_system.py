@@ -155,3 +155,19 @@ def test_atomic_save_keeps_the_last_good_file_on_a_crash(
     monkeypatch.undo()
     assert torch.load(path) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temp file left behind
+
+
+def test_bf16_mixed_steps_keep_an_fp32_teacher(tmp_path: Path) -> None:
+    system = tiny_system()
+    trainer = L.Trainer(
+        max_steps=2,
+        precision="bf16-mixed",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(system, DataLoader(_Clips(4), batch_size=2, collate_fn=_collate))
+    assert trainer.global_step == 2
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert all(p.dtype == torch.float32 for p in system.teacher.parameters())
