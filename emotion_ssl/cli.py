@@ -8,6 +8,7 @@ emotion-ssl demo [--out demo_out] [--steps 60]
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import warnings
 from typing import Any
@@ -116,6 +117,9 @@ def demo(args: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # the package's own INFO lines (data summaries, skipped files) reach the console
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("emotion_ssl").setLevel(logging.INFO)
     if not argv or argv[0] in {"-h", "--help"}:
         print(_usage())
         return 0

@@ -53,7 +53,12 @@ def test_thirty_step_tiny_pretraining_through_the_cli(manifest: Path, tmp_path: 
     assert last < 0.8 * first, (first, last)
     assert (run / "loss_curves.png").stat().st_size > 10_000
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert checkpoints == ["epoch=1-step=10.ckpt", "epoch=2-step=20.ckpt", "epoch=3-step=30.ckpt", "last.ckpt"]
+    assert checkpoints == [
+        "epoch=1-step=10.ckpt",
+        "epoch=2-step=20.ckpt",
+        "epoch=3-step=30.ckpt",
+        "last.ckpt",
+    ]
 
 
 def _run(manifest: Path, root: Path, extra: list[str]) -> list[dict[str, float]]:

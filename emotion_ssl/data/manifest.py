@@ -222,7 +222,9 @@ def entry_from_audio_file(
         info = sf.info(str(path))
     except (sf.SoundFileError, OSError, ValueError) as e:
         raise AudioReadError(path, f"cannot read audio header ({e})") from e
-    stored = os.path.relpath(path.absolute(), Path(root).absolute()) if root else str(path.absolute())
+    stored = (
+        os.path.relpath(path.absolute(), Path(root).absolute()) if root else str(path.absolute())
+    )
     return ManifestEntry(
         key=key if key is not None else path.stem,
         path=stored,
