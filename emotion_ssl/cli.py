@@ -58,6 +58,8 @@ def pretrain(args: list[str]) -> Any:
 
     # the teacher's modules are in eval mode on purpose
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    # no valid_manifest: the data module's empty validation list is intended
+    warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads `args`, not the process argv
     try:
         return PretrainCLI(
@@ -118,8 +120,13 @@ def demo(args: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # the package's own INFO lines (data summaries, skipped files) reach the console
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("emotion_ssl").setLevel(logging.INFO)
+    package_logger = logging.getLogger("emotion_ssl")
+    if not package_logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        package_logger.addHandler(handler)
+        package_logger.setLevel(logging.INFO)
+        package_logger.propagate = False
     if not argv or argv[0] in {"-h", "--help"}:
         print(_usage())
         return 0
