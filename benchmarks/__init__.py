@@ -1,0 +1,1 @@
+"""Throughput, memory and quality measurements; each script writes its results as tables."""
