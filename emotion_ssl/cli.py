@@ -15,6 +15,9 @@ from typing import Any
 
 COMMANDS = {
     "pretrain": "teacher-student pretraining (LightningCLI; `emotion-ssl pretrain --help`)",
+    "import-fairseq": "fairseq data2vec 2.0 / emotion2vec checkpoint -> emotion-ssl encoder folder",
+    "export-fairseq": "emotion-ssl encoder or training checkpoint -> fairseq/FunASR checkpoint",
+    "export": "training checkpoint (or any encoder) -> frozen emotion-ssl encoder folder",
     "demo": "generate speech-like audio and run a short tiny pretraining on it",
 }
 
@@ -117,6 +120,108 @@ def demo(args: list[str]) -> None:
     )
 
 
+def import_fairseq(args: list[str]) -> None:
+    """Read a fairseq checkpoint with torch only, check it strictly, write our format."""
+    from emotion_ssl.export.fairseq import read_fairseq_checkpoint
+    from emotion_ssl.export.frozen import describe, save_encoder_dir, validate_weights
+
+    parser = argparse.ArgumentParser(
+        prog="emotion-ssl import-fairseq", description=COMMANDS["import-fairseq"]
+    )
+    parser.add_argument("checkpoint", help="fairseq checkpoint (.pt) with 'model' and 'cfg'")
+    parser.add_argument("out_dir", help="folder to write (model.safetensors, config.json, ...)")
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="load with torch.load(weights_only=False): only for files you trust",
+    )
+    parser.add_argument("--labels", help="label list of an emotion2vec+ classifier, one per line")
+    parser.add_argument(
+        "--encoder-only",
+        action="store_true",
+        help="leave out the teacher (_ema) and the decoder (a frozen encoder for inference)",
+    )
+    opts = parser.parse_args(args)
+    weights = read_fairseq_checkpoint(opts.checkpoint, opts.trust_pickle, opts.labels)
+    validate_weights(weights)
+    out = save_encoder_dir(opts.out_dir, weights, include_pretraining_state=not opts.encoder_only)
+    print(describe(weights))
+    dropped = []
+    if opts.encoder_only:
+        dropped += [
+            p
+            for p, s in (("teacher", weights.teacher_state), ("decoder", weights.decoder_state))
+            if s
+        ]
+    print(f"{'dropped':<18}  {', '.join(dropped) if dropped else 'nothing'}")
+    print(f"wrote {out}")
+
+
+def export_fairseq(args: list[str]) -> None:
+    """Write our encoder (and its teacher / decoder when present) in the fairseq layout."""
+    from emotion_ssl.export.fairseq import save_fairseq_checkpoint
+    from emotion_ssl.export.frozen import read_weights, validate_weights
+
+    parser = argparse.ArgumentParser(
+        prog="emotion-ssl export-fairseq", description=COMMANDS["export-fairseq"]
+    )
+    parser.add_argument(
+        "source", help="emotion-ssl encoder folder or `pretrain` checkpoint (.ckpt)"
+    )
+    parser.add_argument("out", help="fairseq checkpoint to write (.pt)")
+    opts = parser.parse_args(args)
+    weights = read_weights(opts.source)
+    validate_weights(weights)
+    path = save_fairseq_checkpoint(
+        opts.out,
+        weights.config,
+        weights.encoder_state,
+        weights.decoder_state,
+        weights.teacher_state,
+        weights.classifier,
+        weights.labels,
+    )
+    print(
+        f"wrote {path} ({sum(v.numel() for v in weights.encoder_state.values()):,} encoder parameters)"
+    )
+
+
+def export(args: list[str]) -> None:
+    """A training checkpoint -> frozen encoder folder (no teacher, decoder or optimizer)."""
+    from dataclasses import replace
+
+    from emotion_ssl.export.frozen import (
+        describe,
+        read_weights,
+        save_encoder_dir,
+        teacher_context_state,
+        validate_weights,
+    )
+
+    parser = argparse.ArgumentParser(prog="emotion-ssl export", description=COMMANDS["export"])
+    parser.add_argument(
+        "checkpoint", help="`pretrain` checkpoint (.ckpt), fairseq checkpoint or encoder folder"
+    )
+    parser.add_argument("out_dir")
+    parser.add_argument("--which", choices=["student", "teacher"], default="student")
+    opts = parser.parse_args(args)
+    weights = read_weights(opts.checkpoint)
+    validate_weights(weights)
+    if opts.which == "teacher":
+        teacher = teacher_context_state(weights)
+        if teacher is None:
+            raise SystemExit(f"emotion-ssl export: {opts.checkpoint} holds no teacher weights")
+        encoder_state = {
+            k: v for k, v in weights.encoder_state.items() if not k.startswith("context.")
+        }
+        encoder_state.update({f"context.{k}": v for k, v in teacher.items()})
+        weights = replace(weights, encoder_state=encoder_state)
+    weights.metadata["exported"] = opts.which
+    out = save_encoder_dir(opts.out_dir, weights, include_pretraining_state=False)
+    print(describe(weights))
+    print(f"wrote {out} ({opts.which})")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # the package's own INFO lines (data summaries, skipped files) reach the console
@@ -135,6 +240,12 @@ def main(argv: list[str] | None = None) -> int:
         pretrain(rest)
     elif command == "demo":
         demo(rest)
+    elif command == "import-fairseq":
+        import_fairseq(rest)
+    elif command == "export-fairseq":
+        export_fairseq(rest)
+    elif command == "export":
+        export(rest)
     else:
         print(f"emotion-ssl: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2

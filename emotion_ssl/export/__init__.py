@@ -1,1 +1,6 @@
-"""Export and import of encoders (fairseq checkpoint key mapping for now)."""
+"""Saving and loading encoders: the frozen-encoder folder, fairseq checkpoints."""
+
+from emotion_ssl.export.frozen import load_encoder, read_weights, save_encoder_dir
+from emotion_ssl.export.weights import PretrainedWeights
+
+__all__ = ["PretrainedWeights", "load_encoder", "read_weights", "save_encoder_dir"]

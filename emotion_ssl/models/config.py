@@ -94,6 +94,31 @@ class EncoderConfig:
     mask_noise_std: float = 0.01
     """Std of the noise that fills masked positions at the decoder input."""
 
+    TRAINING_FIELDS = (
+        "dropout",
+        "attention_dropout",
+        "activation_dropout",
+        "post_mlp_dropout",
+        "layerdrop",
+        "prenet_layerdrop",
+        "decoder_input_dropout",
+        "mask_noise_std",
+    )
+    """Fields that change training, not the weights' shapes or meaning."""
+
+    DECODER_FIELDS = ("decoder_dim", "decoder_kernel", "decoder_layers", "decoder_groups")
+
+    def architecture_differences(
+        self, other: EncoderConfig, *, ignore: tuple[str, ...] = ()
+    ) -> list[str]:
+        """Fields (other than training settings and `ignore`) on which two configs differ."""
+        skip = set(self.TRAINING_FIELDS) | set(ignore)
+        return [
+            f"{f.name}: {getattr(self, f.name)!r} vs {getattr(other, f.name)!r}"
+            for f in dataclasses.fields(self)
+            if f.name not in skip and getattr(self, f.name) != getattr(other, f.name)
+        ]
+
     @property
     def pos_conv_kernel(self) -> int:
         return max(3, self.pos_conv_width // self.pos_conv_depth)

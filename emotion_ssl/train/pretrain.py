@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -101,6 +102,10 @@ class PretrainSystem(L.LightningModule):
         max_nonfinite_in_row: consecutive non-finite losses tolerated (each skips its update).
         seed: base of every per-step random choice (masks, noise, dropout), so a resumed run
             repeats an uninterrupted one exactly.
+        init_from: start from pretrained weights: an emotion-ssl encoder folder, a fairseq
+            data2vec 2.0 / emotion2vec checkpoint or an `emotion-ssl pretrain` checkpoint. The
+            teacher starts from its teacher weights (`_ema`) when present, else from the
+            student; utterance tokens the source lacks (data2vec 2.0) start fresh.
     """
 
     def __init__(
@@ -136,6 +141,7 @@ class PretrainSystem(L.LightningModule):
         collapse_check_every: int = 100,
         max_nonfinite_in_row: int = 10,
         seed: int = 1,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -172,9 +178,57 @@ class PretrainSystem(L.LightningModule):
         self.collapse_check_every = collapse_check_every
         self.max_nonfinite_in_row = max_nonfinite_in_row
         self.seed = seed
+        self.init_from = init_from
         self._nonfinite_in_row = 0
         self.nonfinite_skipped = 0
         self._last_batch_end: float | None = None
+
+    def on_fit_start(self) -> None:
+        # by now a resumed run has restored its checkpoint (trainer.ckpt_path is set): then
+        # init_from is history and its file need not exist any more
+        if self.init_from and self.trainer.ckpt_path is None:
+            self.load_pretrained(self.init_from)
+
+    def load_pretrained(self, path: str) -> dict[str, str]:
+        """Fill student, decoder and teacher from `path` (see `init_from`); returns what was
+        loaded and what started fresh. The architecture must match this system's."""
+        from emotion_ssl.export.frozen import load_strict, read_weights, teacher_context_state
+
+        weights = read_weights(path)
+        fresh_tokens = (
+            weights.config.num_utterance_tokens == 0 and self.config.num_utterance_tokens > 0
+        )
+        ignore: tuple[str, ...] = ("num_utterance_tokens",) if fresh_tokens else ()
+        if weights.decoder_state is None:
+            ignore += EncoderConfig.DECODER_FIELDS
+        differences = self.config.architecture_differences(weights.config, ignore=ignore)
+        if differences:
+            raise ValueError(
+                f"init_from={path}: its architecture differs from this run's "
+                f"(this run vs file): {differences}"
+            )
+        report = {"student": "loaded"}
+        encoder_state = dict(weights.encoder_state)
+        if fresh_tokens:  # data2vec 2.0 has no utterance tokens: keep our fresh ones
+            encoder_state["context.utterance_tokens"] = self.student.context.utterance_tokens
+            report["utterance_tokens"] = "fresh (the source has none)"
+        load_strict(self.student, encoder_state, f"{path} (student)")
+        if weights.decoder_state is not None:
+            load_strict(self.decoder, weights.decoder_state, f"{path} (decoder)")
+            report["decoder"] = "loaded"
+        else:
+            report["decoder"] = "fresh (the source has none)"
+        teacher = teacher_context_state(weights)
+        if teacher is not None:
+            if fresh_tokens:
+                teacher["utterance_tokens"] = self.student.context.utterance_tokens.detach()
+            load_strict(self.teacher.encoder, teacher, f"{path} (teacher)")
+            report["teacher"] = "loaded from the source's teacher (_ema)"
+        else:
+            self.teacher.copy_from(self.student.context)
+            report["teacher"] = "copied from the student"
+        logging.getLogger(__name__).info("init_from %s: %s", path, report)
+        return report
 
     # ------------------------------------------------------------------ the step
     def forward_step(

@@ -1,0 +1,318 @@
+"""The frozen-encoder format, and `load_encoder` for every saved form we read.
+
+A frozen encoder is a self-describing folder:
+
+    model.safetensors    the encoder's weights (student by default)
+    config.json          {"format": "emotion-ssl-encoder", "encoder": EncoderConfig fields,
+                          "sample_rate", "frame_rate", "feature_dim", "normalization", ...}
+    README.md            a model card
+    teacher.safetensors  optional: the EMA teacher's ContextEncoder (to continue pretraining)
+    decoder.safetensors  optional: the pretraining decoder (to continue pretraining)
+    head.safetensors     optional: a linear emotion classifier ("weight", "bias") + labels
+
+`config.json` alone rebuilds the architecture (`EncoderConfig.from_dict`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from emotion_ssl.export.weights import PretrainedWeights
+from emotion_ssl.models.config import EncoderConfig
+from emotion_ssl.models.encoder import EmotionEncoder
+
+FORMAT = "emotion-ssl-encoder"
+FORMAT_VERSION = 1
+SAMPLE_RATE = 16_000
+
+
+class StateDictMismatchError(ValueError):
+    """Weights that do not fill a module exactly; the message lists every problem."""
+
+
+def check_state_dict(module: nn.Module, state: Mapping[str, Tensor], what: str) -> None:
+    """Raise naming every missing, unexpected or mis-shaped key (zero-size parameters, e.g.
+    the utterance tokens of a 0-token model, may be absent)."""
+    expected = module.state_dict()
+    missing = sorted(k for k, v in expected.items() if k not in state and v.numel() > 0)
+    unexpected = sorted(k for k in state if k not in expected)
+    shapes = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected}")
+    if shapes:
+        problems.append(f"shape mismatches {shapes}")
+    if problems:
+        raise StateDictMismatchError(f"{what}: " + "; ".join(problems))
+
+
+def load_strict(module: nn.Module, state: Mapping[str, Tensor], what: str) -> None:
+    """Every tensor used, every parameter filled, or an error listing what is not."""
+    check_state_dict(module, state, what)
+    full = dict(state)
+    for key, value in module.state_dict().items():
+        full.setdefault(key, value)  # only zero-size entries can be absent here
+    module.load_state_dict(full, strict=True)
+
+
+# ---------------------------------------------------------------------------- writing
+def save_encoder_dir(
+    out_dir: str | Path,
+    weights: PretrainedWeights,
+    *,
+    model_card: str | None = None,
+    include_pretraining_state: bool = True,
+) -> Path:
+    """Write `weights` as a frozen-encoder folder (see the module docstring)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"model": "model.safetensors"}
+    _save_tensors(out / "model.safetensors", weights.encoder_state)
+    if include_pretraining_state and weights.teacher_state is not None:
+        _save_tensors(out / "teacher.safetensors", weights.teacher_state)
+        files["teacher"] = "teacher.safetensors"
+    if include_pretraining_state and weights.decoder_state is not None:
+        _save_tensors(out / "decoder.safetensors", weights.decoder_state)
+        files["decoder"] = "decoder.safetensors"
+    if weights.classifier is not None:
+        _save_tensors(out / "head.safetensors", weights.classifier)
+        files["head"] = "head.safetensors"
+    config = weights.config
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "encoder": config.to_dict(),
+        "sample_rate": SAMPLE_RATE,
+        "frame_rate": SAMPLE_RATE / config.hop_length,
+        "feature_dim": config.embed_dim,
+        "num_utterance_tokens": config.num_utterance_tokens,
+        "normalization": "inside the encoder: each utterance to zero mean, unit variance over its "
+        "valid samples"
+        if config.normalize_waveform
+        else "none: the encoder reads raw samples",
+        "labels": weights.labels,
+        "files": files,
+        "source": {"path": weights.path, "format": weights.source_format},
+        "metadata": weights.metadata,
+    }
+    _write_text(out / "config.json", json.dumps(meta, indent=2) + "\n")
+    _write_text(out / "README.md", model_card or default_model_card(weights))
+    return out
+
+
+def default_model_card(weights: PretrainedWeights) -> str:
+    s = weights.summary()
+    c = weights.config
+    lines = [
+        "# emotion-ssl encoder",
+        "",
+        f"- source: `{s['source']}` ({s['format']}, {s['dtype']})",
+        f"- architecture: {s['blocks']}, {s['utterance_tokens']} utterance tokens, "
+        f"{s['encoder_parameters']:,} parameters",
+        f"- input: raw 16 kHz mono audio; output: {c.embed_dim}-d frames at "
+        f"{SAMPLE_RATE / c.hop_length:g} Hz, utterance vector, utterance tokens",
+        f"- pretraining state included: teacher={s['teacher']}, decoder={s['decoder']}",
+    ]
+    if weights.labels:
+        lines.append(f"- classifier labels: {', '.join(weights.labels)}")
+    for key, value in weights.metadata.items():
+        lines.append(f"- {key}: {value}")
+    lines += [
+        "",
+        "```python",
+        "from emotion_ssl.export import load_encoder",
+        "encoder = load_encoder('THIS_FOLDER')  # eval mode, no gradients",
+        "out = encoder(waveforms, lengths)      # out.frames, out.utterance, out.tokens",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _save_tensors(path: Path, state: Mapping[str, Tensor]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------- reading
+def read_encoder_dir(path: str | Path) -> PretrainedWeights:
+    """A frozen-encoder folder -> PretrainedWeights."""
+    root = Path(path)
+    config_path = root / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{root}: no config.json (not an emotion-ssl encoder folder)")
+    meta = json.loads(config_path.read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{config_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise ValueError(
+            f"{config_path}: format_version {meta['format_version']} is newer than this "
+            f"emotion-ssl reads ({FORMAT_VERSION}); upgrade emotion-ssl"
+        )
+    files = meta.get("files", {"model": "model.safetensors"})
+
+    def optional(name: str) -> dict[str, Tensor] | None:
+        return load_file(str(root / files[name])) if name in files else None
+
+    return PretrainedWeights(
+        path=str(root),
+        config=EncoderConfig.from_dict(meta["encoder"]),
+        encoder_state=load_file(str(root / files["model"])),
+        decoder_state=optional("decoder"),
+        teacher_state=optional("teacher"),
+        classifier=optional("head"),
+        labels=meta.get("labels"),
+        source_format="emotion-ssl",
+        metadata=dict(meta.get("metadata", {})),
+    )
+
+
+def read_lightning_checkpoint(
+    path: str | Path, loaded: Mapping[str, Any] | None = None
+) -> PretrainedWeights:
+    """A `emotion-ssl pretrain` checkpoint (.ckpt) -> PretrainedWeights (student, teacher,
+    decoder; no optimizer state)."""
+    from emotion_ssl.train.pretrain import build_encoder_config
+
+    ckpt = loaded if loaded is not None else torch.load(path, map_location="cpu", weights_only=True)
+    hparams = ckpt.get("hyper_parameters", {})
+    config = build_encoder_config(hparams.get("preset", "base"), hparams.get("encoder_overrides"))
+    state: dict[str, Tensor] = ckpt["state_dict"]
+
+    def part(prefix: str) -> dict[str, Tensor]:
+        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+    return PretrainedWeights(
+        path=str(path),
+        config=config,
+        encoder_state=part("student."),
+        decoder_state=part("decoder.") or None,
+        teacher_state=part("teacher.encoder.") or None,
+        source_format="lightning",
+        metadata={"global_step": ckpt.get("global_step"), "epoch": ckpt.get("epoch")},
+    )
+
+
+def read_weights(path: str | Path, trust_pickle: bool = False) -> PretrainedWeights:
+    """Any saved encoder: our folder, a fairseq checkpoint, or a Lightning checkpoint."""
+    p = Path(path)
+    if p.is_dir():
+        return read_encoder_dir(p)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such file or folder")
+    from emotion_ssl.export.fairseq import read_fairseq_checkpoint, torch_load_checkpoint
+
+    content = torch_load_checkpoint(p, trust_pickle)  # read once, whatever the kind
+    if "state_dict" in content and "hyper_parameters" in content:
+        return read_lightning_checkpoint(p, content)
+    return read_fairseq_checkpoint(p, trust_pickle, loaded=content)
+
+
+def build_encoder(
+    weights: PretrainedWeights, which: Literal["student", "teacher"] = "student"
+) -> EmotionEncoder:
+    """An EmotionEncoder filled strictly from `weights` (the teacher: the student's CNN and
+    projection with the teacher's context encoder)."""
+    encoder = EmotionEncoder(weights.config)
+    load_strict(encoder, weights.encoder_state, f"{weights.path} (encoder)")
+    if which == "teacher":
+        teacher = teacher_context_state(weights)
+        if teacher is None:
+            raise ValueError(f"{weights.path}: holds no teacher weights")
+        load_strict(encoder.context, teacher, f"{weights.path} (teacher)")
+    return encoder
+
+
+def teacher_context_state(weights: PretrainedWeights) -> dict[str, Tensor] | None:
+    """The teacher's full ContextEncoder state: `_ema` over the student's context (an
+    `ema_encoder_only` file holds only the shared blocks)."""
+    if weights.teacher_state is None:
+        return None
+    prefix = "context."
+    state = {k[len(prefix) :]: v for k, v in weights.encoder_state.items() if k.startswith(prefix)}
+    state.update(weights.teacher_state)
+    return state
+
+
+def validate_weights(weights: PretrainedWeights) -> None:
+    """Build every part strictly (encoder, decoder, teacher, classifier) or raise naming
+    exactly what is missing, unexpected or mis-shaped."""
+    from emotion_ssl.models.decoder import ConvDecoder
+    from emotion_ssl.models.encoder import ContextEncoder
+
+    config = weights.config
+    check_state_dict(EmotionEncoder(config), weights.encoder_state, f"{weights.path} (encoder)")
+    if weights.decoder_state is not None:
+        check_state_dict(ConvDecoder(config), weights.decoder_state, f"{weights.path} (decoder)")
+    teacher = teacher_context_state(weights)
+    if teacher is not None:
+        check_state_dict(ContextEncoder(config), teacher, f"{weights.path} (teacher)")
+    if weights.classifier is not None:
+        w, b = weights.classifier.get("weight"), weights.classifier.get("bias")
+        if (
+            w is None
+            or b is None
+            or w.dim() != 2
+            or w.size(1) != config.embed_dim
+            or b.shape != w.shape[:1]
+        ):
+            raise StateDictMismatchError(
+                f"{weights.path} (classifier): expected weight (classes, {config.embed_dim}) and "
+                f"bias (classes,), got {[(k, tuple(v.shape)) for k, v in weights.classifier.items()]}"
+            )
+
+
+def load_encoder(
+    path: str | Path, which: Literal["student", "teacher"] = "student", trust_pickle: bool = False
+) -> EmotionEncoder:
+    """Load a frozen encoder: eval mode, gradients off. `path` is an emotion-ssl encoder
+    folder, a fairseq data2vec 2.0 / emotion2vec checkpoint, or an `emotion-ssl pretrain`
+    checkpoint."""
+    encoder = build_encoder(read_weights(path, trust_pickle), which)
+    encoder.eval()
+    encoder.requires_grad_(False)
+    return encoder
+
+
+def describe(weights: PretrainedWeights) -> str:
+    """The summary table `import-fairseq` prints."""
+    rows = weights.summary()
+    width = max(len(k) for k in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows.items())
+
+
+__all__ = [
+    "StateDictMismatchError",
+    "build_encoder",
+    "check_state_dict",
+    "describe",
+    "load_encoder",
+    "load_strict",
+    "read_encoder_dir",
+    "read_lightning_checkpoint",
+    "read_weights",
+    "save_encoder_dir",
+    "teacher_context_state",
+    "validate_weights",
+]
