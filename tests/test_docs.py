@@ -24,3 +24,21 @@ def test_readme_python_example_runs() -> None:
     assert tuple(out.utterance.shape) == (2, 768)  # type: ignore[attr-defined]
     assert tuple(out.tokens.shape) == (2, 10, 768)  # type: ignore[attr-defined]
     assert len(out.layers) == 12  # type: ignore[attr-defined]
+
+
+def test_architecture_reproduce_step_example(golden_dir) -> None:  # type: ignore[no-untyped-def]
+    """docs/architecture.md's golden-step example prints the reference's losses."""
+    import os
+
+    text = (README.parent / "docs" / "architecture.md").read_text()
+    block = next(b for b in python_blocks(text) if "forward_step" in b)
+    namespace: dict[str, object] = {}
+    cwd = os.getcwd()
+    os.chdir(README.parent)  # the example's ../shared paths are relative to the repository
+    try:
+        exec(compile(block, "docs/architecture.md", "exec"), namespace)
+    finally:
+        os.chdir(cwd)
+    losses = namespace["out"].losses  # type: ignore[attr-defined]
+    assert abs(losses.frame.item() - 13.374698) < 1e-4
+    assert abs(losses.utterance.item() - 13.237554) < 1e-4

@@ -95,6 +95,7 @@ class EncoderConfig:
     """Std of the noise that fills masked positions at the decoder input."""
 
     TRAINING_FIELDS = (
+        "normalize_waveform",
         "dropout",
         "attention_dropout",
         "activation_dropout",
@@ -104,7 +105,8 @@ class EncoderConfig:
         "decoder_input_dropout",
         "mask_noise_std",
     )
-    """Fields that change training, not the weights' shapes or meaning."""
+    """Fields that set training or input handling, not the weights' shapes (a pretrained
+    file may be loaded with other values, e.g. dropout 0 to debug one step)."""
 
     DECODER_FIELDS = ("decoder_dim", "decoder_kernel", "decoder_layers", "decoder_groups")
 

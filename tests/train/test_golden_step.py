@@ -120,3 +120,15 @@ def test_default_mode_differs_only_in_the_utterance_term(golden_dir: Path, step_
     faithful = golden_system(golden_dir, "chunk", mode="code_faithful")
     out_f = faithful.forward_step(step["source"], None, torch.full((3,), -1), mask=step["mask"])
     assert out_f.losses.utterance.item() == pytest.approx(ref["cls_over_sample_size"], rel=1e-5)
+    # everything but the utterance term is identical: targets, decoder, frame loss, and the
+    # decoder's gradients (the utterance term does not reach the decoder)
+    assert torch.equal(out.frame_target, out_f.frame_target)
+    assert torch.equal(out.prediction, out_f.prediction)
+    assert torch.equal(out.losses.frame, out_f.losses.frame)
+    out.losses.total.backward()
+    out_f.losses.total.backward()
+    for (name, p), (_, q) in zip(
+        default.decoder.named_parameters(), faithful.decoder.named_parameters(), strict=True
+    ):
+        assert p.grad is not None and q.grad is not None
+        assert torch.equal(p.grad, q.grad), name
