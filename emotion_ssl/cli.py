@@ -18,6 +18,7 @@ COMMANDS = {
     "import-fairseq": "fairseq data2vec 2.0 / emotion2vec checkpoint -> emotion-ssl encoder folder",
     "export-fairseq": "emotion-ssl encoder or training checkpoint -> fairseq/FunASR checkpoint",
     "export": "training checkpoint (or any encoder) -> frozen emotion-ssl encoder folder",
+    "extract": "features (frames, utterance vectors, utterance tokens) for a manifest",
     "demo": "generate speech-like audio and run a short tiny pretraining on it",
 }
 
@@ -222,6 +223,62 @@ def export(args: list[str]) -> None:
     print(f"wrote {out} ({opts.which})")
 
 
+def extract(args: list[str]) -> None:
+    """Batched, padding-exact, resumable feature extraction."""
+    from emotion_ssl.data.manifest import read_manifest
+    from emotion_ssl.export.extract import (
+        ExtractConfig,
+        FeatureExtractor,
+        FeatureWriter,
+        extract_manifest,
+        write_extract_config,
+    )
+    from emotion_ssl.export.frozen import load_encoder
+
+    parser = argparse.ArgumentParser(prog="emotion-ssl extract", description=COMMANDS["extract"])
+    parser.add_argument("--encoder", required=True, help="encoder folder, fairseq .pt or .ckpt")
+    parser.add_argument("--manifest", required=True, help="JSONL manifest of the audio")
+    parser.add_argument("--out", required=True, help="output folder (resumable)")
+    parser.add_argument("--layer", type=int, default=-1, help="block for frames (-1 = final)")
+    parser.add_argument("--outputs", default="frames,utterance,tokens")
+    parser.add_argument("--format", choices=["npy", "shards"], default="npy")
+    parser.add_argument("--shard-size", type=int, default=1000, help="utterances per shard")
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--batch-seconds", type=float, default=160.0)
+    parser.add_argument("--chunk-seconds", type=float, default=30.0)
+    parser.add_argument("--overlap-seconds", type=float, default=4.0)
+    parser.add_argument("--no-progress", action="store_true")
+    opts = parser.parse_args(args)
+    config = ExtractConfig(
+        layer=opts.layer,
+        outputs=tuple(o.strip() for o in opts.outputs.split(",") if o.strip()),
+        batch_seconds=opts.batch_seconds,
+        chunk_seconds=opts.chunk_seconds,
+        overlap_seconds=opts.overlap_seconds,
+        dtype=opts.dtype,
+    )
+    from pathlib import Path
+
+    out = Path(opts.out)
+    write_extract_config(out, opts.encoder, config, opts.format)
+    extractor = FeatureExtractor(load_encoder(opts.encoder), config, opts.device)
+    writer = FeatureWriter(out, opts.format, opts.shard_size)
+    counts = extract_manifest(
+        extractor, read_manifest(opts.manifest), writer, progress=not opts.no_progress
+    )
+    print(
+        f"extracted {counts['extracted']}, already done {counts['already_done']}, "
+        f"failed {counts['failed']} -> {out / 'index.jsonl'}"
+    )
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # the package's own INFO lines (data summaries, skipped files) reach the console
@@ -246,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         export_fairseq(rest)
     elif command == "export":
         export(rest)
+    elif command == "extract":
+        extract(rest)
     else:
         print(f"emotion-ssl: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2

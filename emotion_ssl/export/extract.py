@@ -1,0 +1,367 @@
+"""Batched, padding-exact feature extraction from a frozen encoder (what ALMs and probes read).
+
+Recordings are cut into segments (a recording longer than `chunk_seconds` becomes overlapping
+chunks), segments are sorted by length and run in padded batches under an audio budget, and
+each recording's outputs are put back together:
+
+- `frames` (T, D): 50 Hz features of one block (the final one by default);
+- `utterance` (D,): mean of those frames over the recording;
+- `tokens` (E, D): the final block's utterance-token outputs (for a chunked recording, the
+  mean of its chunks' tokens weighted by their frame counts).
+
+Padding is exact (a batch equals one recording at a time). Chunk seams: chunk k+1 starts
+`chunk_seconds - overlap_seconds` after chunk k, on the frame grid; across the overlap each
+side keeps the frames nearer its own centre, so every kept frame has at least
+`overlap_seconds / 2` of context on both sides. Memory: one batch holds at most
+`batch_seconds` of padded audio; the attention of one segment needs about
+heads x (E + T)^2 x 4 bytes (T = 50 x segment seconds), e.g. 108 MB per 30 s chunk for base.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from emotion_ssl.data.audio import AudioReadError, load_audio
+from emotion_ssl.data.manifest import ManifestEntry
+from emotion_ssl.models.encoder import EmotionEncoder, masked_mean
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+Output = Literal["frames", "utterance", "tokens"]
+
+
+@dataclass
+class ExtractConfig:
+    """What to extract and how.
+
+    layer: block whose output gives `frames` and `utterance` (0-based over prenet then shared
+        blocks; -1 = the final block).
+    outputs: any of "frames", "utterance", "tokens".
+    batch_seconds: padded audio per batch.
+    chunk_seconds, overlap_seconds: recordings longer than chunk_seconds are cut into chunks.
+    dtype: "float32" or "bfloat16" (autocast; float32 is exact).
+    """
+
+    layer: int = -1
+    outputs: tuple[str, ...] = ("frames", "utterance", "tokens")
+    batch_seconds: float = 160.0
+    chunk_seconds: float = 30.0
+    overlap_seconds: float = 4.0
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+    def __post_init__(self) -> None:
+        self.outputs = tuple(self.outputs)
+        unknown = set(self.outputs) - {"frames", "utterance", "tokens"}
+        if unknown or not self.outputs:
+            raise ValueError(f"outputs must be frames, utterance and/or tokens; got {self.outputs}")
+        if not 0 < 2 * self.overlap_seconds < self.chunk_seconds:
+            raise ValueError(
+                f"need 0 < 2 x overlap_seconds < chunk_seconds, got {self.overlap_seconds} and "
+                f"{self.chunk_seconds}"
+            )
+
+
+@dataclass
+class _Segment:
+    recording: int
+    start: int  # sample offset in the recording (a multiple of the hop)
+    audio: np.ndarray
+
+
+class FeatureExtractor:
+    """Runs a frozen encoder over recordings (numpy float32 arrays of 16 kHz samples)."""
+
+    def __init__(
+        self,
+        encoder: EmotionEncoder,
+        config: ExtractConfig | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.config = config or ExtractConfig()
+        self.device = torch.device(device)
+        self.encoder = encoder.to(self.device).eval()
+        num_blocks = encoder.config.num_layers
+        if not -1 <= self.config.layer < num_blocks:
+            raise ValueError(f"layer {self.config.layer} not in [-1, {num_blocks - 1}]")
+        hop = encoder.config.hop_length
+        self.hop = hop
+        self.chunk = int(self.config.chunk_seconds * SAMPLE_RATE) // hop * hop
+        self.stride = self.chunk - int(self.config.overlap_seconds * SAMPLE_RATE) // hop * hop
+
+    # ------------------------------------------------------------------ segments
+    def _segments(self, index: int, audio: np.ndarray) -> list[_Segment]:
+        if len(audio) <= self.chunk:
+            return [_Segment(index, 0, audio)]
+        segments = []
+        start = 0
+        while True:
+            segments.append(_Segment(index, start, audio[start : start + self.chunk]))
+            if start + self.chunk >= len(audio):
+                return segments
+            start += self.stride
+
+    def _batches(self, segments: list[_Segment]) -> Iterator[list[_Segment]]:
+        """Length-sorted batches whose padded audio stays within batch_seconds."""
+        budget = self.config.batch_seconds * SAMPLE_RATE
+        ordered = sorted(segments, key=lambda s: len(s.audio), reverse=True)
+        batch: list[_Segment] = []
+        for segment in ordered:
+            longest = len(batch[0].audio) if batch else len(segment.audio)
+            if batch and longest * (len(batch) + 1) > budget:
+                yield batch
+                batch = []
+            batch.append(segment)
+        if batch:
+            yield batch
+
+    # ------------------------------------------------------------------ encoding
+    @torch.inference_mode()
+    def _encode(self, batch: list[_Segment]) -> list[dict[str, Tensor]]:
+        lengths = torch.tensor([len(s.audio) for s in batch])
+        waves = torch.zeros(len(batch), int(lengths.max()))
+        for row, segment in enumerate(batch):
+            waves[row, : len(segment.audio)] = torch.from_numpy(segment.audio)
+        waves, lengths = waves.to(self.device), lengths.to(self.device)
+        autocast = self.config.dtype == "bfloat16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = self.encoder(waves, lengths, return_layers=self.config.layer != -1)
+        frames = out.frames if self.config.layer == -1 else out.layers[self.config.layer]  # type: ignore[index]
+        frames = frames.float()
+        results = []
+        for row in range(len(batch)):
+            T = int(out.lengths[row])
+            results.append(
+                {"frames": frames[row, :T].cpu(), "tokens": out.tokens[row].float().cpu()}
+            )
+        return results
+
+    def extract(self, recordings: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Features of each recording, in input order (see the module docstring)."""
+        segments = [s for i, audio in enumerate(recordings) for s in self._segments(i, audio)]
+        encoded: dict[tuple[int, int], dict[str, Tensor]] = {}
+        for batch in self._batches(segments):
+            for segment, result in zip(batch, self._encode(batch), strict=True):
+                encoded[(segment.recording, segment.start)] = result
+        outputs = []
+        for index, audio in enumerate(recordings):
+            parts = [(s.start, encoded[(index, s.start)]) for s in self._segments(index, audio)]
+            outputs.append(self._assemble(len(audio), parts))
+        return outputs
+
+    def _assemble(
+        self, num_samples: int, parts: list[tuple[int, dict[str, Tensor]]]
+    ) -> dict[str, np.ndarray]:
+        """Stitch chunk outputs: across each overlap, each side keeps its half."""
+        if len(parts) == 1:
+            frames, tokens = parts[0][1]["frames"], parts[0][1]["tokens"]
+        else:
+            pieces, weights = [], []
+            cut = 0  # first global frame the next piece must provide
+            for k, (start, result) in enumerate(parts):
+                first = start // self.hop
+                end = first + result["frames"].size(0)
+                if k + 1 < len(parts):
+                    next_first = parts[k + 1][0] // self.hop
+                    stop = (next_first + end) // 2  # middle of the overlap
+                else:
+                    stop = end
+                pieces.append(result["frames"][cut - first : stop - first])
+                weights.append(stop - cut)
+                cut = stop
+            frames = torch.cat(pieces)
+            w = torch.tensor(weights, dtype=torch.float32)
+            tokens = (
+                torch.stack([r["tokens"] for _, r in parts]) * (w / w.sum()).view(-1, 1, 1)
+            ).sum(0)
+        expected = int(self.encoder.frame_lengths(torch.tensor([num_samples]))[0])
+        if frames.size(0) != expected:
+            raise RuntimeError(f"stitched {frames.size(0)} frames, expected {expected}")
+        out: dict[str, np.ndarray] = {}
+        if "frames" in self.config.outputs:
+            out["frames"] = frames.numpy()
+        if "utterance" in self.config.outputs:
+            out["utterance"] = masked_mean(frames.unsqueeze(0), None)[0].numpy()
+        if "tokens" in self.config.outputs:
+            out["tokens"] = tokens.numpy()
+        return out
+
+
+# ---------------------------------------------------------------------------- on disk
+def safe_name(key: str) -> str:
+    """A file name for a manifest key (path separators and odd characters replaced)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", key)
+
+
+class FeatureWriter:
+    """Writes outputs as one .npy per utterance and output (`npy`) or one safetensors shard
+    per `shard_size` utterances (`shards`), plus `index.jsonl` (one line per finished
+    utterance, written after its files). Resumable: keys already in the index are skipped."""
+
+    def __init__(
+        self, out_dir: str | Path, fmt: Literal["npy", "shards"] = "npy", shard_size: int = 1000
+    ) -> None:
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.fmt = fmt
+        self.shard_size = shard_size
+        self.index_path = self.out / "index.jsonl"
+        self.done = self._read_index()
+        self._pending: list[tuple[str, dict[str, np.ndarray], dict[str, object]]] = []
+        self._next_shard = (
+            len(list((self.out / "shards").glob("shard_*.safetensors"))) if fmt == "shards" else 0
+        )
+
+    def _read_index(self) -> set[str]:
+        if not self.index_path.exists():
+            return set()
+        done = set()
+        for line in self.index_path.read_text().splitlines():
+            if line.strip():
+                done.add(json.loads(line)["key"])
+        return done
+
+    def add(self, key: str, features: dict[str, np.ndarray], info: dict[str, object]) -> None:
+        if self.fmt == "npy":
+            files = {}
+            for name, array in features.items():
+                path = self.out / name / f"{safe_name(key)}.npy"
+                path.parent.mkdir(exist_ok=True)
+                np.save(path, array)
+                files[name] = str(path.relative_to(self.out))
+            self._append_index([{"key": key, "files": files, **info}])
+        else:
+            self._pending.append((key, features, info))
+            if len(self._pending) >= self.shard_size:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.fmt != "shards" or not self._pending:
+            return
+        from safetensors.numpy import save_file
+
+        name = f"shard_{self._next_shard:05d}.safetensors"
+        path = self.out / "shards" / name
+        path.parent.mkdir(exist_ok=True)
+        tensors = {
+            f"{key}/{kind}": np.ascontiguousarray(a)
+            for key, feats, _ in self._pending
+            for kind, a in feats.items()
+        }
+        tmp = path.with_name(f".{name}.tmp")
+        save_file(tensors, str(tmp))
+        tmp.replace(path)
+        self._append_index(
+            [{"key": key, "shard": f"shards/{name}", **info} for key, _, info in self._pending]
+        )
+        self._next_shard += 1
+        self._pending = []
+
+    def _append_index(self, rows: list[dict[str, object]]) -> None:
+        with open(self.index_path, "a") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+            f.flush()
+        self.done.update(str(row["key"]) for row in rows)
+
+
+def extract_manifest(
+    extractor: FeatureExtractor,
+    entries: Sequence[ManifestEntry],
+    writer: FeatureWriter,
+    group_seconds: float = 600.0,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Extract every entry not yet in the writer's index; unreadable files are reported in
+    `failed.jsonl` and skipped. Returns counts (done, skipped as already done, failed)."""
+    todo = [e for e in entries if e.key not in writer.done]
+    already = len(entries) - len(todo)
+    todo.sort(key=lambda e: e.duration)  # groups of similar lengths: little padding
+    groups: list[list[ManifestEntry]] = [[]]
+    for entry in todo:
+        if groups[-1] and sum(e.duration for e in groups[-1]) + entry.duration > group_seconds:
+            groups.append([])
+        groups[-1].append(entry)
+    total = sum(e.duration for e in todo)
+    failed = 0
+    bar = _progress(total, progress)
+    start = time.perf_counter()
+    seconds_done = 0.0
+
+    def load(group: list[ManifestEntry]) -> list[tuple[ManifestEntry, np.ndarray | str]]:
+        out: list[tuple[ManifestEntry, np.ndarray | str]] = []
+        for entry in group:
+            try:
+                out.append((entry, load_audio(entry.path)))
+            except AudioReadError as err:
+                out.append((entry, str(err)))
+        return out
+
+    with ThreadPoolExecutor(max_workers=1) as pool:  # read the next group while encoding
+        futures = [pool.submit(load, g) for g in groups[:1]]
+        for i in range(len(groups)):
+            if not groups[i]:
+                continue
+            loaded = futures[i].result()
+            if i + 1 < len(groups):
+                futures.append(pool.submit(load, groups[i + 1]))
+            good = [(e, a) for e, a in loaded if isinstance(a, np.ndarray)]
+            for entry, reason in ((e, a) for e, a in loaded if isinstance(a, str)):
+                failed += 1
+                logger.warning("skipping %s: %s", entry.path, reason)
+                with open(writer.out / "failed.jsonl", "a") as f:
+                    f.write(
+                        json.dumps({"key": entry.key, "path": entry.path, "reason": reason}) + "\n"
+                    )
+            features = extractor.extract([a for _, a in good])
+            for (entry, audio), feats in zip(good, features, strict=True):
+                info: dict[str, object] = {
+                    "num_samples": len(audio),
+                    "duration": len(audio) / SAMPLE_RATE,
+                }
+                if "frames" in feats:
+                    info["num_frames"] = int(feats["frames"].shape[0])
+                writer.add(entry.key, feats, info)
+            seconds_done += sum(e.duration for e, _ in loaded)
+            bar.update(sum(e.duration for e, _ in loaded))
+            bar.set_postfix_str(
+                f"{seconds_done / max(time.perf_counter() - start, 1e-9):.1f} audio-s/s"
+            )
+    writer.flush()
+    bar.close()
+    return {"extracted": len(todo) - failed, "already_done": already, "failed": failed}
+
+
+def _progress(total: float, enabled: bool):  # type: ignore[no-untyped-def]
+    from tqdm import tqdm
+
+    return tqdm(total=round(total, 1), unit="audio-s", disable=not enabled, dynamic_ncols=True)
+
+
+def write_extract_config(out_dir: Path, encoder_path: str, config: ExtractConfig, fmt: str) -> None:
+    """Record the settings; a resumed extraction must use the same ones."""
+    settings = {"encoder": str(encoder_path), "format": fmt, **asdict(config)}
+    settings["outputs"] = list(config.outputs)
+    path = out_dir / "extract_config.json"
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous != settings:
+            raise ValueError(
+                f"{path}: this folder was extracted with other settings ({previous}); use a new "
+                f"--out or the same settings ({settings})"
+            )
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=2) + "\n")
