@@ -19,6 +19,7 @@ COMMANDS = {
     "export-fairseq": "emotion-ssl encoder or training checkpoint -> fairseq/FunASR checkpoint",
     "export": "training checkpoint (or any encoder) -> frozen emotion-ssl encoder folder",
     "extract": "features (frames, utterance vectors, utterance tokens) for a manifest",
+    "evaluate": "linear-probe evaluation on every fold, with baselines, as tables and PNGs",
     "demo": "generate speech-like audio and run a short tiny pretraining on it",
 }
 
@@ -273,6 +274,54 @@ def extract(args: list[str]) -> None:
     )
 
 
+def evaluate(args: list[str]) -> None:
+    from emotion_ssl.train.evaluate import BASELINES
+    from emotion_ssl.train.evaluate import evaluate as run_evaluation
+    from emotion_ssl.train.probe import ProbeConfig
+
+    parser = argparse.ArgumentParser(prog="emotion-ssl evaluate", description=COMMANDS["evaluate"])
+    parser.add_argument(
+        "--encoder", help="encoder folder, fairseq .pt or .ckpt (omit: baselines only)"
+    )
+    parser.add_argument(
+        "--data", required=True, help="manifest .jsonl or a data_prep output folder"
+    )
+    parser.add_argument(
+        "--out", required=True, help="output folder (results.md, results.json, PNGs)"
+    )
+    parser.add_argument("--folds", default="all", help="'all' or a comma list, e.g. 1,2")
+    parser.add_argument("--fold-field", default="fold", help="manifest field naming the fold")
+    parser.add_argument("--baselines", default=",".join(BASELINES), help="comma list; '' for none")
+    parser.add_argument("--layer", type=int, default=-1, help="encoder block (-1 = final)")
+    parser.add_argument("--labels", help="comma list fixing the class order")
+    parser.add_argument("--epochs", type=int, default=ProbeConfig.epochs)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--no-progress", action="store_true")
+    opts = parser.parse_args(args)
+    results = run_evaluation(
+        opts.encoder,
+        opts.data,
+        opts.out,
+        folds="all" if opts.folds == "all" else opts.folds.split(","),
+        fold_field=opts.fold_field,
+        baselines=[b for b in opts.baselines.split(",") if b],
+        probe=ProbeConfig(epochs=opts.epochs, seed=opts.seed),
+        layer=opts.layer,
+        labels=opts.labels.split(",") if opts.labels else None,
+        device=opts.device,
+        progress=not opts.no_progress,
+    )
+    for name, r in results["feature_sets"].items():
+        mean, std = r["mean"], r["std"]
+        print(
+            f"{name:<12} WA {100 * mean['wa']:.2f} ± {100 * std['wa']:.2f}  "
+            f"UA {100 * mean['ua']:.2f} ± {100 * std['ua']:.2f}  "
+            f"WF1 {100 * mean['wf1']:.2f} ± {100 * std['wf1']:.2f}"
+        )
+    print(f"tables in {opts.out}/results.md")
+
+
 def _cuda() -> bool:
     import torch
 
@@ -305,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         export(rest)
     elif command == "extract":
         extract(rest)
+    elif command == "evaluate":
+        evaluate(rest)
     else:
         print(f"emotion-ssl: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2

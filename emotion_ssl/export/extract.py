@@ -365,3 +365,22 @@ def write_extract_config(out_dir: Path, encoder_path: str, config: ExtractConfig
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def read_features(out_dir: str | Path, kind: str = "frames") -> dict[str, np.ndarray]:
+    """key -> array of one output kind, from an extraction folder (either format)."""
+    from safetensors.numpy import load_file
+
+    out = Path(out_dir)
+    result: dict[str, np.ndarray] = {}
+    shards: dict[str, dict[str, np.ndarray]] = {}
+    for line in (out / "index.jsonl").read_text().splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if "shard" in row:
+            shard = shards.setdefault(row["shard"], load_file(str(out / row["shard"])))
+            result[row["key"]] = shard[f"{row['key']}/{kind}"]
+        else:
+            result[row["key"]] = np.load(out / row["files"][kind])
+    return result

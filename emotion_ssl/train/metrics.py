@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 @dataclass
@@ -24,7 +25,7 @@ class Scores:
         return {"wa": self.wa, "ua": self.ua, "wf1": self.wf1}
 
 
-def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
+def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> np.ndarray:
     """(num_classes, num_classes) int64 counts, rows = true class."""
     true = np.asarray(y_true, dtype=np.int64)
     pred = np.asarray(y_pred, dtype=np.int64)
@@ -62,7 +63,7 @@ def scores_from_confusion(confusion: np.ndarray) -> Scores:
     )
 
 
-def classification_scores(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> Scores:
+def classification_scores(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> Scores:
     return scores_from_confusion(confusion_matrix(y_true, y_pred, num_classes))
 
 
