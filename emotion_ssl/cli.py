@@ -180,7 +180,7 @@ def export_fairseq(args: list[str]) -> None:
         weights.encoder_state,
         weights.decoder_state,
         weights.teacher_state,
-        weights.classifier,
+        weights.head_state,
         weights.labels,
     )
     print(

@@ -18,7 +18,7 @@ the model config. Prefix A = `modality_encoders.AUDIO.`:
 | A.decoder.blocks.{i}.0.* | (decoder) convs.{i}.* |
 | A.decoder.proj.* | (decoder) proj.* |
 | _ema (teacher, fp32) | (teacher) the ContextEncoder keys above without `context.` |
-| proj.* (emotion2vec+ classifier) | (classifier) weight, bias |
+| proj.* (emotion2vec+ classifier) | (head, mean pooling) proj.weight, proj.bias |
 """
 
 from __future__ import annotations
@@ -405,9 +405,19 @@ def read_fairseq_checkpoint(
             value = value.float()  # fp16 / bf16 checkpoints load as fp32
         floats[key] = value
 
-    classifier = None
-    if "proj.weight" in floats:
-        classifier = {"weight": floats.pop("proj.weight"), "bias": floats.pop("proj.bias")}
+    head_state, head_config = None, None
+    if "proj.weight" in floats:  # emotion2vec+: a linear layer over the mean of the frames
+        head_state = {
+            "proj.weight": floats.pop("proj.weight"),
+            "proj.bias": floats.pop("proj.bias"),
+        }
+        head_config = {
+            "dim": config.embed_dim,
+            "num_classes": head_state["proj.weight"].size(0),
+            "pooling": "mean",
+            "dropout": 0.0,
+            "attention_dim": 128,
+        }
     encoder, decoder, unmapped = split_fairseq_state_dict(floats)
     if unmapped:
         raise FairseqCheckpointError(
@@ -423,13 +433,13 @@ def read_fairseq_checkpoint(
 
     labels = _read_labels(path, labels_file, model_cfg)
     if (
-        classifier is not None
+        head_state is not None
         and labels is not None
-        and len(labels) != classifier["weight"].size(0)
+        and len(labels) != head_state["proj.weight"].size(0)
     ):
         raise FairseqCheckpointError(
             f"{path}: {len(labels)} labels for a classifier with "
-            f"{classifier['weight'].size(0)} outputs"
+            f"{head_state['proj.weight'].size(0)} outputs"
         )
     return PretrainedWeights(
         path=str(path),
@@ -437,7 +447,8 @@ def read_fairseq_checkpoint(
         encoder_state=encoder,
         decoder_state=decoder or None,
         teacher_state=teacher,
-        classifier=classifier,
+        head_state=head_state,
+        head_config=head_config,
         labels=labels,
         source_format="fairseq",
         source_dtype=source_dtype,
@@ -461,7 +472,7 @@ def fairseq_state_dict(
     encoder_state: Mapping[str, Tensor],
     decoder_state: Mapping[str, Tensor] | None = None,
     teacher_state: Mapping[str, Tensor] | None = None,
-    classifier: Mapping[str, Tensor] | None = None,
+    head_state: Mapping[str, Tensor] | None = None,
 ) -> dict[str, Any]:
     """Our state dicts -> one fairseq `model` state dict (the inverse of the mapping)."""
     inverse = _inverse_map(list(encoder_state), "encoder")
@@ -474,9 +485,14 @@ def fairseq_state_dict(
         inverse_dec = _inverse_map(list(decoder_state), "decoder")
         for key, value in decoder_state.items():
             state[inverse_dec[key]] = value
-    if classifier:
-        state["proj.weight"] = classifier["weight"]
-        state["proj.bias"] = classifier["bias"]
+    if head_state:
+        if set(head_state) != {"proj.weight", "proj.bias"}:
+            raise FairseqCheckpointError(
+                "only a mean-pooled linear head has a fairseq equivalent (emotion2vec+ `proj`); "
+                f"this head has {sorted(head_state)}"
+            )
+        state["proj.weight"] = head_state["proj.weight"]
+        state["proj.bias"] = head_state["proj.bias"]
     if teacher_state:
         inverse_t = _inverse_map([f"context.{k}" for k in teacher_state], "encoder")
         state["_ema"] = {
@@ -535,7 +551,7 @@ def save_fairseq_checkpoint(
     encoder_state: Mapping[str, Tensor],
     decoder_state: Mapping[str, Tensor] | None = None,
     teacher_state: Mapping[str, Tensor] | None = None,
-    classifier: Mapping[str, Tensor] | None = None,
+    head_state: Mapping[str, Tensor] | None = None,
     labels: list[str] | None = None,
 ) -> Path:
     """Write our weights as a fairseq/FunASR checkpoint (`{"model", "cfg"}`), loadable with
@@ -547,7 +563,7 @@ def save_fairseq_checkpoint(
     if labels is not None:
         model_cfg["labels"] = list(labels)
     ckpt = {
-        "model": fairseq_state_dict(encoder_state, decoder_state, teacher_state, classifier),
+        "model": fairseq_state_dict(encoder_state, decoder_state, teacher_state, head_state),
         "cfg": {
             "model": model_cfg,
             "task": {

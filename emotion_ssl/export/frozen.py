@@ -8,7 +8,7 @@ A frozen encoder is a self-describing folder:
     README.md            a model card
     teacher.safetensors  optional: the EMA teacher's ContextEncoder (to continue pretraining)
     decoder.safetensors  optional: the pretraining decoder (to continue pretraining)
-    head.safetensors     optional: a linear emotion classifier ("weight", "bias") + labels
+    head.safetensors     optional: a ClassificationHead (config.json "head" and "labels")
 
 `config.json` alone rebuilds the architecture (`EncoderConfig.from_dict`).
 """
@@ -88,8 +88,8 @@ def save_encoder_dir(
     if include_pretraining_state and weights.decoder_state is not None:
         _save_tensors(out / "decoder.safetensors", weights.decoder_state)
         files["decoder"] = "decoder.safetensors"
-    if weights.classifier is not None:
-        _save_tensors(out / "head.safetensors", weights.classifier)
+    if weights.head_state is not None:
+        _save_tensors(out / "head.safetensors", weights.head_state)
         files["head"] = "head.safetensors"
     config = weights.config
     meta = {
@@ -105,6 +105,7 @@ def save_encoder_dir(
         if config.normalize_waveform
         else "none: the encoder reads raw samples",
         "labels": weights.labels,
+        "head": weights.head_config,
         "files": files,
         "source": {"path": weights.path, "format": weights.source_format},
         "metadata": weights.metadata,
@@ -181,7 +182,8 @@ def read_encoder_dir(path: str | Path) -> PretrainedWeights:
         encoder_state=load_file(str(root / files["model"])),
         decoder_state=optional("decoder"),
         teacher_state=optional("teacher"),
-        classifier=optional("head"),
+        head_state=optional("head"),
+        head_config=meta.get("head"),
         labels=meta.get("labels"),
         source_format="emotion-ssl",
         metadata=dict(meta.get("metadata", {})),
@@ -268,18 +270,17 @@ def validate_weights(weights: PretrainedWeights) -> None:
     teacher = teacher_context_state(weights)
     if teacher is not None:
         check_state_dict(ContextEncoder(config), teacher, f"{weights.path} (teacher)")
-    if weights.classifier is not None:
-        w, b = weights.classifier.get("weight"), weights.classifier.get("bias")
-        if (
-            w is None
-            or b is None
-            or w.dim() != 2
-            or w.size(1) != config.embed_dim
-            or b.shape != w.shape[:1]
-        ):
+    if weights.head_state is not None:
+        from emotion_ssl.models.heads import ClassificationHead
+
+        if weights.head_config is None:
+            raise StateDictMismatchError(f"{weights.path}: head weights without a head config")
+        head = ClassificationHead.from_config(weights.head_config)
+        check_state_dict(head, weights.head_state, f"{weights.path} (head)")
+        if weights.labels is not None and len(weights.labels) != head.config["num_classes"]:
             raise StateDictMismatchError(
-                f"{weights.path} (classifier): expected weight (classes, {config.embed_dim}) and "
-                f"bias (classes,), got {[(k, tuple(v.shape)) for k, v in weights.classifier.items()]}"
+                f"{weights.path}: {len(weights.labels)} labels for a head with "
+                f"{head.config['num_classes']} classes"
             )
 
 
@@ -295,6 +296,31 @@ def load_encoder(
     return encoder
 
 
+def load_classifier(
+    path: str | Path, trust_pickle: bool = False
+) -> tuple[EmotionEncoder, nn.Module, list[str] | None]:
+    """Load an encoder with its emotion head (a fine-tuned export or emotion2vec+):
+    (encoder, head, labels), both in eval mode with gradients off.
+
+    >>> encoder, head, labels = load_classifier("encoders/finetuned")  # doctest: +SKIP
+    >>> out = encoder(waveforms, lengths)                               # doctest: +SKIP
+    >>> probs = head(out.frames, out.padding_mask).softmax(-1)          # doctest: +SKIP
+    """
+    from emotion_ssl.models.heads import ClassificationHead
+
+    weights = read_weights(path, trust_pickle)
+    if weights.head_state is None or weights.head_config is None:
+        raise ValueError(f"{path}: holds no classification head")
+    validate_weights(weights)
+    encoder = build_encoder(weights)
+    head = ClassificationHead.from_config(weights.head_config)
+    load_strict(head, weights.head_state, f"{path} (head)")
+    for module in (encoder, head):
+        module.eval()
+        module.requires_grad_(False)
+    return encoder, head, weights.labels
+
+
 def describe(weights: PretrainedWeights) -> str:
     """The summary table `import-fairseq` prints."""
     rows = weights.summary()
@@ -307,6 +333,7 @@ __all__ = [
     "build_encoder",
     "check_state_dict",
     "describe",
+    "load_classifier",
     "load_encoder",
     "load_strict",
     "read_encoder_dir",

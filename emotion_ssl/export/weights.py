@@ -15,9 +15,9 @@ class PretrainedWeights:
     """An encoder's architecture and weights, plus whatever pretraining state came with it.
 
     encoder_state: `EmotionEncoder` keys (the student); decoder_state: `ConvDecoder` keys;
-    teacher_state: `ContextEncoder` keys of the EMA teacher; classifier: {"weight", "bias"}
-    of a linear emotion head over the utterance vector; labels: its class names. Absent
-    parts are None.
+    teacher_state: `ContextEncoder` keys of the EMA teacher; head_state / head_config: a
+    `ClassificationHead` (its state dict and constructor arguments); labels: its class
+    names. Absent parts are None.
     """
 
     path: str
@@ -25,7 +25,8 @@ class PretrainedWeights:
     encoder_state: dict[str, Tensor]
     decoder_state: dict[str, Tensor] | None = None
     teacher_state: dict[str, Tensor] | None = None
-    classifier: dict[str, Tensor] | None = None
+    head_state: dict[str, Tensor] | None = None
+    head_config: dict[str, Any] | None = None
     labels: list[str] | None = None
     source_format: str = "emotion-ssl"
     source_dtype: str = "float32"
@@ -44,7 +45,7 @@ class PretrainedWeights:
             "teacher": self.teacher_state is not None,
             "decoder": self.decoder_state is not None,
             "classifier": None
-            if self.classifier is None
-            else f"{self.classifier['weight'].size(0)} classes",
+            if self.head_config is None
+            else f"{self.head_config['pooling']} pooling, {self.head_config['num_classes']} classes",
             "labels": self.labels,
         }

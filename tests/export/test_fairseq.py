@@ -13,7 +13,7 @@ import torch
 from fairseq_files import tiny_fairseq_file
 
 from emotion_ssl.cli import main
-from emotion_ssl.export import load_encoder, read_weights, save_encoder_dir
+from emotion_ssl.export import load_classifier, load_encoder, read_weights, save_encoder_dir
 from emotion_ssl.export.fairseq import (
     FairseqCheckpointError,
     read_fairseq_checkpoint,
@@ -151,12 +151,20 @@ def test_emotion2vec_plus_classifier_and_labels(tmp_path: Path) -> None:
     (tmp_path / "tokens.txt").write_text("\n".join(labels) + "\n")
     weights = read_fairseq_checkpoint(path)
     assert weights.labels == labels
-    assert weights.classifier is not None and torch.equal(
-        weights.classifier["weight"], head["proj.weight"]
+    assert weights.head_state is not None and torch.equal(
+        weights.head_state["proj.weight"], head["proj.weight"]
     )
     save_encoder_dir(tmp_path / "ours", weights)
     again = read_weights(tmp_path / "ours")
-    assert again.labels == labels and again.classifier is not None
+    assert again.labels == labels and again.head_config == weights.head_config
+    encoder, classifier, names = load_classifier(tmp_path / "ours")
+    assert names == labels
+    g = torch.Generator().manual_seed(0)
+    wave = torch.randn(1, 16000, generator=g)
+    with torch.no_grad():
+        out = encoder(wave)
+        expected = out.utterance @ head["proj.weight"].t() + head["proj.bias"]
+        assert torch.allclose(classifier(out.frames, out.padding_mask), expected, atol=1e-5)
     (tmp_path / "tokens.txt").write_text("a\nb\n")
     with pytest.raises(FairseqCheckpointError, match="2 labels for a classifier with 4 outputs"):
         read_fairseq_checkpoint(path)
