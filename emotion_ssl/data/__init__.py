@@ -1,4 +1,4 @@
-"""Data side of pretraining: manifest schema, audio reading, batches, samplers, DataModule."""
+"""Data side of pretraining: manifest schema, audio reading, batches, samplers, DataModules."""
 
 from __future__ import annotations
 
@@ -10,12 +10,19 @@ from emotion_ssl.data.manifest import (
     ManifestEntry,
     ManifestError,
     entry_from_audio_file,
+    read_emobox_manifest,
     read_manifest,
+    write_emobox_manifest,
     write_manifest,
 )
 from emotion_ssl.data.synthetic import write_synthetic_corpus
 
 if TYPE_CHECKING:
+    from emotion_ssl.data.labelled import (
+        LabelledDataModule,
+        LabelledDataset,
+        select_fold,
+    )
     from emotion_ssl.data.pretrain import (
         LengthBucketBatchSampler,
         PretrainDataModule,
@@ -23,20 +30,23 @@ if TYPE_CHECKING:
         ResumableLoader,
     )
 
-_FROM_PRETRAIN = (
-    "LengthBucketBatchSampler",
-    "PretrainDataModule",
-    "PretrainDataset",
-    "ResumableLoader",
-)
+# these modules import Lightning (seconds); data preparation needs only the manifest
+_LAZY = {
+    "LengthBucketBatchSampler": "pretrain",
+    "PretrainDataModule": "pretrain",
+    "PretrainDataset": "pretrain",
+    "ResumableLoader": "pretrain",
+    "LabelledDataModule": "labelled",
+    "LabelledDataset": "labelled",
+    "select_fold": "labelled",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # pretrain.py imports Lightning (seconds); data preparation needs only the manifest
-    if name in _FROM_PRETRAIN:
-        from emotion_ssl.data import pretrain
+    if name in _LAZY:
+        import importlib
 
-        return getattr(pretrain, name)
+        return getattr(importlib.import_module(f"emotion_ssl.data.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -45,6 +55,8 @@ __all__ = [
     "AudioBatch",
     "AudioItem",
     "AudioReadError",
+    "LabelledDataModule",
+    "LabelledDataset",
     "LengthBucketBatchSampler",
     "ManifestEntry",
     "ManifestError",
@@ -55,8 +67,11 @@ __all__ = [
     "crop_batch_to_shortest",
     "entry_from_audio_file",
     "load_audio",
+    "read_emobox_manifest",
     "read_manifest",
     "resampled_length",
+    "select_fold",
+    "write_emobox_manifest",
     "write_manifest",
     "write_synthetic_corpus",
 ]

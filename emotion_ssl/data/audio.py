@@ -51,6 +51,17 @@ def load_audio(path: str | Path, target_rate: int = TARGET_RATE) -> np.ndarray:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (S, C)
     except (sf.SoundFileError, OSError, ValueError) as e:
         raise AudioReadError(path, f"cannot read audio ({e})") from e
+    return to_mono_at_rate(data, rate, path, target_rate)
+
+
+def to_mono_at_rate(
+    data: np.ndarray, rate: int, path: str | Path, target_rate: int = TARGET_RATE
+) -> np.ndarray:
+    """Decoded samples (S, C) float32 at `rate` -> (S',) float32 mono at `target_rate`.
+
+    The shared second half of every decoder: down-mix by averaging the channels, check for
+    empty or non-finite audio (AudioReadError naming `path`), resample.
+    """
     if data.shape[0] == 0 or data.shape[1] == 0:
         raise AudioReadError(path, "file holds no audio samples")
     waveform = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]

@@ -69,6 +69,12 @@ class AudioBatch:
         return int(self.lengths.sum().item())
 
     @property
+    def padding_mask(self) -> Tensor:
+        """(B, S) bool, True = padding (sample s of row b is padding iff s >= lengths[b])."""
+        positions = torch.arange(self.waveforms.size(1), device=self.lengths.device)
+        return positions[None, :] >= self.lengths[:, None]
+
+    @property
     def padded_fraction(self) -> float:
         """Share of `waveforms` that is padding: 1 - num_samples / (B * S)."""
         total = self.waveforms.numel()

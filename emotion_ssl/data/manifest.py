@@ -17,6 +17,24 @@ Fields:
     corpus       str
 Any other field (a fold, a transcript, segment times...) is kept in `ManifestEntry.extra`
 and written back unchanged, so later tools can add fields without breaking readers.
+
+EmoBox (https://github.com/emo-box/EmoBox) metadata files are JSONL too, with other names:
+
+    EmoBox field   this schema     notes
+    key            key
+    wav            path            relative paths resolve against `data_root`
+    length         duration        seconds
+    num_frame      num_samples     a float in EmoBox files; rounded; else length * sample_rate
+    sample_rate    sample_rate
+    emo            label           kept as written (apply EmoBox's label_map.json yourself)
+    dataset        corpus
+    speaker        speaker         not an EmoBox field; null when absent
+    channel, task, type            kept in `extra`
+
+`read_emobox_manifest` reads such a file (e.g. `iemocap/fold_1/iemocap_test_fold_1.jsonl`)
+and `write_emobox_manifest` writes one, so a prepared corpus can go to EmoBox's tools and
+EmoBox's published folds can come here. Segment entries (`start_time`/`end_time`) and
+feature entries (`type` other than "raw") are refused: this project reads whole audio files.
 """
 
 from __future__ import annotations
@@ -167,13 +185,18 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
     return entries
 
 
-def write_manifest(path: str | Path, entries: Iterable[ManifestEntry]) -> Path:
+def write_manifest(
+    path: str | Path, entries: Iterable[ManifestEntry], *, skip_unchanged: bool = False
+) -> Path:
     """Write `entries` as a JSONL manifest, atomically.
 
     Paths are written as stored in each entry (use `entry_from_audio_file(..., root=...)`
     for paths relative to the manifest folder). The file is written next to its final
     name and moved into place with `os.replace`, so a reader never sees half a manifest
     and a crash leaves the previous version intact.
+
+    skip_unchanged: leave an existing file with exactly these bytes untouched (its mtime
+        too), so that re-running a preparation changes nothing.
 
     Raises: ValueError on duplicate keys or extra fields that shadow schema fields.
     """
@@ -185,18 +208,37 @@ def write_manifest(path: str | Path, entries: Iterable[ManifestEntry]) -> Path:
             raise ValueError(f"{path}: duplicate key {entry.key!r} in the entries to write")
         seen.add(entry.key)
         lines.append(json.dumps(entry.to_json(), ensure_ascii=False))
+    return _write_lines_atomically(path, lines, skip_unchanged)
+
+
+def _write_lines_atomically(path: Path, lines: list[str], skip_unchanged: bool = False) -> Path:
+    """Write `lines` (no newlines inside) as one file, atomically."""
+    write_text_atomically(path, "".join(line + "\n" for line in lines), skip_unchanged)
+    return path
+
+
+def write_text_atomically(path: str | Path, text: str, skip_unchanged: bool = False) -> bool:
+    """Write `text` (UTF-8) next to `path`, fsync, then move it into place with `os.replace`.
+
+    skip_unchanged: when the file already holds exactly these bytes, leave it (and its mtime)
+        alone. Returns: whether the file was written.
+    """
+    path = Path(path)
+    data = text.encode("utf-8")
+    if skip_unchanged and path.is_file() and path.read_bytes() == data:
+        return False
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("".join(line + "\n" for line in lines))
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    return path
+    return True
 
 
 def entry_from_audio_file(
@@ -236,3 +278,118 @@ def entry_from_audio_file(
         label=label,
         extra=dict(extra or {}),
     )
+
+
+EMOBOX_FIELDS = {
+    "key": "key",
+    "wav": "path",
+    "length": "duration",
+    "num_frame": "num_samples",
+    "sample_rate": "sample_rate",
+    "emo": "label",
+    "dataset": "corpus",
+}
+"""EmoBox field name -> this schema's field name (see the module docstring)."""
+
+
+def _emobox_entry(record: Any, data_root: Path, corpus: str | None, where: str) -> ManifestEntry:
+    if not isinstance(record, dict):
+        raise ManifestError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    missing = [name for name in ("key", "wav", "length", "sample_rate") if name not in record]
+    if missing:
+        raise ManifestError(f"{where}: missing EmoBox field(s) {', '.join(missing)}")
+    if "start_time" in record or "end_time" in record:
+        raise ManifestError(
+            f"{where}: segment entries (start_time/end_time) are not supported; "
+            "cut the segments into files first"
+        )
+    if record.get("type", "raw") != "raw":
+        raise ManifestError(f"{where}: type {record['type']!r} is not raw audio")
+    rate, length = record["sample_rate"], record["length"]
+    if not isinstance(rate, int | float) or isinstance(rate, bool) or rate <= 0:
+        raise ManifestError(f"{where}: sample_rate must be a positive number, got {rate!r}")
+    if not isinstance(length, int | float) or isinstance(length, bool) or length < 0:
+        raise ManifestError(f"{where}: length must be a non-negative number, got {length!r}")
+    frames = record.get("num_frame")
+    num_samples = round(frames) if isinstance(frames, int | float) else round(length * rate)
+    label = record.get("emo")
+    translated = {
+        "key": record["key"],
+        "path": str(record["wav"]),
+        "num_samples": num_samples,
+        "sample_rate": int(rate),
+        "duration": float(length),
+        "speaker": record.get("speaker"),
+        "corpus": corpus or record.get("dataset") or "emobox",
+    }
+    if label is not None:
+        translated["label"] = str(label)
+    translated.update(
+        {k: v for k, v in record.items() if k not in EMOBOX_FIELDS and k not in SCHEMA_FIELDS}
+    )
+    return _parse_record(translated, data_root, where)
+
+
+def read_emobox_manifest(
+    path: str | Path, data_root: str | Path | None = None, corpus: str | None = None
+) -> list[ManifestEntry]:
+    """Read an EmoBox metadata JSONL file as manifest entries.
+
+    data_root: the folder EmoBox's relative `wav` paths start from (EmoBox's `data_dir`, the
+        folder holding `downloads/`); defaults to the metadata file's folder.
+    corpus: overrides the `dataset` field.
+
+    Raises: ManifestError naming the file and line (missing field, segment or feature entry,
+    duplicate key).
+    """
+    path = Path(path)
+    root = Path(data_root).absolute() if data_root is not None else path.absolute().parent
+    entries: list[ManifestEntry] = []
+    first_line_of_key: dict[str, int] = {}
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_no}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ManifestError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from e
+            entry = _emobox_entry(record, root, corpus, where)
+            if entry.key in first_line_of_key:
+                raise ManifestError(
+                    f"{where}: duplicate key {entry.key!r} (first seen on line "
+                    f"{first_line_of_key[entry.key]})"
+                )
+            first_line_of_key[entry.key] = line_no
+            entries.append(entry)
+    return entries
+
+
+def write_emobox_manifest(
+    path: str | Path, entries: Iterable[ManifestEntry], *, skip_unchanged: bool = False
+) -> Path:
+    """Write entries as an EmoBox metadata JSONL file (atomically, as `write_manifest`).
+
+    Each line: key, dataset, wav, type "raw", sample_rate, num_frame, task "category",
+    length, emo (only when labelled), channel 1, speaker, then the entry's extra fields.
+    """
+    lines = []
+    for entry in entries:
+        record: dict[str, Any] = {
+            "key": entry.key,
+            "dataset": entry.corpus,
+            "wav": entry.path,
+            "type": "raw",
+            "sample_rate": entry.sample_rate,
+            "num_frame": entry.num_samples,
+            "task": "category",
+            "length": entry.duration,
+        }
+        if entry.label is not None:
+            record["emo"] = entry.label
+        record["channel"] = 1
+        record["speaker"] = entry.speaker
+        record.update({k: v for k, v in entry.extra.items() if k not in record})
+        lines.append(json.dumps(record, ensure_ascii=False))
+    return _write_lines_atomically(Path(path), lines, skip_unchanged)

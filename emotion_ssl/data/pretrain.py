@@ -3,8 +3,10 @@
 Reading order: `PretrainDataset` turns manifest entries into cropped `AudioItem`s;
 `LengthBucketBatchSampler` groups dataset indices into batches under a padded-samples
 budget, shards them over ranks and remembers how far an epoch got; `ResumableLoader`
-runs the epochs, applies crop-to-shortest batching and hands its position to Lightning's
-checkpoints; `PretrainDataModule` wires them from the typed config LightningCLI reads.
+runs the epochs (loading the planned batches through a fairseq2 DataPipeline, see
+`fairseq2_pipeline.py`, or a torch DataLoader), applies crop-to-shortest batching and hands
+its position to Lightning's checkpoints; `PretrainDataModule` wires them from the typed
+config LightningCLI reads.
 
 Every random choice is drawn from `np.random.default_rng([seed, epoch, stream, ...])`,
 never from a global generator, so a run resumed from a checkpoint (or replayed on another
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -37,8 +39,23 @@ _STREAM_ITEM_CROP = 3  # offset of the max_sample_size crop of one utterance
 _STREAM_BATCH_CROP = 4  # offsets of the crop-to-shortest crop of one batch
 _STREAM_STRATA = 5  # tie order of the labelled strata's leftover items (once per run)
 
+Backend = Literal["torch", "fairseq2"]
+Decoder = Literal["soundfile", "fairseq2"]
+
 _STRATUM_SIZE = 4
 """Minimum labelled items per length stratum of the labelled pool (see the sampler)."""
+
+
+def _fairseq2_loads() -> bool:
+    """Whether fairseq2's data pipeline can be imported here (warns once when not)."""
+    from emotion_ssl.data.fairseq2_pipeline import load_fairseq2_data
+
+    try:
+        load_fairseq2_data()
+    except ImportError as e:
+        logger.warning("%s; loading data with the torch backend and soundfile instead", e)
+        return False
+    return True
 
 
 def _rng(seed: int, epoch: int, stream: int, *more: int) -> np.random.Generator:
@@ -60,6 +77,8 @@ class PretrainDataset(Dataset[AudioItem]):
     - Labels: with `label_names=None` every item is unlabelled (-1). Otherwise an entry's
       label maps to its position in `label_names`, an entry without a label gets -1, and a
       label outside `label_names` is an error naming it.
+    - read_audio: path -> (S,) float32 16 kHz mono, raising AudioReadError; `load_audio`
+      (soundfile) by default, or `Fairseq2AudioDecoder()`. Both give identical samples.
 
     lengths: (N,) int64, samples each item will have at most (16 kHz, after the crop);
     the batch sampler budgets with these.
@@ -74,6 +93,7 @@ class PretrainDataset(Dataset[AudioItem]):
         min_sample_size: int = 8_000,
         seed: int = 1,
         name: str = "<entries>",
+        read_audio: Callable[[str], np.ndarray] | None = None,
     ) -> None:
         if min_sample_size < 1 or max_sample_size < min_sample_size:
             raise ValueError(
@@ -86,6 +106,7 @@ class PretrainDataset(Dataset[AudioItem]):
         self.max_sample_size = max_sample_size
         self.seed = seed
         self.epoch = 0
+        self.read_audio: Callable[[str], np.ndarray] = read_audio or load_audio
 
         index_of = {label: i for i, label in enumerate(label_names or [])}
         full_lengths: list[int] = []
@@ -139,7 +160,7 @@ class PretrainDataset(Dataset[AudioItem]):
             if candidate in self.unreadable:
                 continue
             try:
-                waveform = load_audio(self.entries[candidate].path, TARGET_RATE)
+                waveform = self.read_audio(self.entries[candidate].path)
             except AudioReadError as e:
                 self.unreadable[candidate] = e.reason
                 self.num_read_failures += 1
@@ -402,6 +423,10 @@ class ResumableLoader:
     crop_to_shortest: crop every batch to its shortest item (no padding), offsets drawn
         from (seed, epoch, global batch position).
     repeat_epoch: every pass replays `initial_epoch` from the start (validation).
+    backend: what loads the planned batches. "torch": a DataLoader with `num_workers`
+        worker processes. "fairseq2": a fairseq2 DataPipeline decoding `max(1, num_workers)`
+        batches at once on threads, `prefetch` batches ahead (see `fairseq2_pipeline`).
+        Both yield identical batches; the position (and so a checkpoint) is the same.
     """
 
     def __init__(
@@ -415,17 +440,31 @@ class ResumableLoader:
         initial_epoch: int = 0,
         repeat_epoch: bool = False,
         name: str = "train",
+        backend: Backend = "torch",
+        prefetch: int = 2,
     ) -> None:
         self.dataset = dataset
         self.batch_sampler = batch_sampler
-        self.loader = DataLoader(
-            dataset,
-            batch_sampler=batch_sampler,
-            num_workers=num_workers,
-            collate_fn=collate_audio,
-            # fresh workers each pass copy the dataset with its new epoch
-            persistent_workers=False,
-        )
+        self.loader: Iterable[AudioBatch]
+        if backend == "fairseq2":
+            from emotion_ssl.data.fairseq2_pipeline import Fairseq2BatchSource
+
+            self.loader = Fairseq2BatchSource(
+                dataset, batch_sampler, num_parallel_calls=max(1, num_workers), prefetch=prefetch
+            )
+        elif backend == "torch":
+            self.loader = DataLoader(
+                dataset,
+                batch_sampler=batch_sampler,
+                num_workers=num_workers,
+                collate_fn=collate_audio,
+                # fresh workers each pass copy the dataset with its new epoch
+                persistent_workers=False,
+                prefetch_factor=prefetch if num_workers > 0 and prefetch > 0 else None,
+            )
+        else:
+            raise ValueError(f"backend must be 'torch' or 'fairseq2', got {backend!r}")
+        self.backend = backend
         self.crop_to_shortest = crop_to_shortest
         self.seed = seed
         self.repeat_epoch = repeat_epoch
@@ -530,7 +569,14 @@ class PretrainDataModule(L.LightningDataModule):
     max_sample_size, min_sample_size: crop longer clips; drop shorter ones (16 kHz samples).
     batching: "bucket" pads length-sorted batches; "crop_to_shortest" (reference
         emotion2vec) crops every batch to its shortest item.
-    num_workers: DataLoader worker processes.
+    num_workers: parallel batch loaders: worker processes ("torch") or fairseq2 threads.
+    backend: "fairseq2" (default: fairseq2 DataPipeline, parallel map on threads +
+        prefetch) or "torch" (DataLoader + worker processes); identical batches, see
+        `ResumableLoader`. The default measured faster (benchmarks/RESULTS.md).
+    decoder: "fairseq2" (default: fairseq2's native AudioDecoder) or "soundfile";
+        identical samples. When fairseq2's native library cannot load, both fall back to
+        "torch" / "soundfile" with a warning (the batches do not change).
+    prefetch: batches loaded ahead (torch: per worker, as DataLoader's prefetch_factor).
     seed: seeds every crop, draw and shuffle (with the epoch), independent of worker count.
 
     Ranks and world size come from `self.trainer`; the loaders shard themselves, so the
@@ -550,6 +596,9 @@ class PretrainDataModule(L.LightningDataModule):
         min_sample_size: int = 8_000,
         batching: Literal["bucket", "crop_to_shortest"] = "bucket",
         num_workers: int = 0,
+        backend: Backend = "fairseq2",
+        decoder: Decoder = "fairseq2",
+        prefetch: int = 2,
         seed: int = 1,
     ) -> None:
         super().__init__()
@@ -564,6 +613,11 @@ class PretrainDataModule(L.LightningDataModule):
             )
         if batching not in ("bucket", "crop_to_shortest"):
             raise ValueError(f"batching must be 'bucket' or 'crop_to_shortest', got {batching!r}")
+        if backend not in ("torch", "fairseq2") or decoder not in ("soundfile", "fairseq2"):
+            raise ValueError(
+                f"backend must be 'torch' or 'fairseq2' and decoder 'soundfile' or 'fairseq2', "
+                f"got {backend!r} and {decoder!r}"
+            )
         self.save_hyperparameters()
         self.train_manifest = train_manifest
         self.valid_manifest = valid_manifest
@@ -576,6 +630,11 @@ class PretrainDataModule(L.LightningDataModule):
         self.min_sample_size = min_sample_size
         self.batching = batching
         self.num_workers = num_workers
+        if "fairseq2" in (backend, decoder) and not _fairseq2_loads():
+            backend, decoder = "torch", "soundfile"
+        self.backend: Backend = backend
+        self.decoder: Decoder = decoder
+        self.prefetch = prefetch
         self.seed = seed
         self.train_dataset: PretrainDataset | None = None
         self.labelled_dataset: PretrainDataset | None = None
@@ -584,6 +643,11 @@ class PretrainDataModule(L.LightningDataModule):
     def _dataset(
         self, manifest: str, entries: list[ManifestEntry], label_names: list[str] | None
     ) -> PretrainDataset:
+        read_audio = None
+        if self.decoder == "fairseq2":
+            from emotion_ssl.data.fairseq2_pipeline import Fairseq2AudioDecoder
+
+            read_audio = Fairseq2AudioDecoder()
         return PretrainDataset(
             entries,
             label_names,
@@ -591,6 +655,7 @@ class PretrainDataModule(L.LightningDataModule):
             min_sample_size=self.min_sample_size,
             seed=self.seed,
             name=manifest,
+            read_audio=read_audio,
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -666,6 +731,8 @@ class PretrainDataModule(L.LightningDataModule):
             seed=self.seed,
             initial_epoch=initial_epoch,
             name="train",
+            backend=self.backend,
+            prefetch=self.prefetch,
         )
 
     def val_dataloader(self) -> ResumableLoader | list[Any]:
@@ -689,4 +756,6 @@ class PretrainDataModule(L.LightningDataModule):
             seed=self.seed,
             repeat_epoch=True,
             name="valid",
+            backend=self.backend,
+            prefetch=self.prefetch,
         )

@@ -131,14 +131,20 @@ def test_unlabelled_entries_of_the_labelled_manifest_stay_out_of_the_pool(
 
 
 @pytest.mark.parametrize(
-    ("batching", "num_workers"), [("bucket", 0), ("crop_to_shortest", 0), ("bucket", 2)]
+    ("batching", "num_workers", "backend"),
+    [
+        ("bucket", 0, "torch"),
+        ("crop_to_shortest", 0, "torch"),
+        ("bucket", 2, "torch"),
+        ("crop_to_shortest", 2, "fairseq2"),
+    ],
 )
 def test_loader_resumes_mid_epoch_exactly(
-    synthetic_manifest: Path, batching: str, num_workers: int
+    synthetic_manifest: Path, batching: str, num_workers: int, backend: str
 ) -> None:
     def loader() -> ResumableLoader:
         return _module(
-            synthetic_manifest, batching=batching, num_workers=num_workers
+            synthetic_manifest, batching=batching, num_workers=num_workers, backend=backend
         ).train_dataloader()
 
     reference = loader()
