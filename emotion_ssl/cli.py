@@ -20,6 +20,7 @@ COMMANDS = {
     "export": "training checkpoint (or any encoder) -> frozen emotion-ssl encoder folder",
     "extract": "features (frames, utterance vectors, utterance tokens) for a manifest",
     "evaluate": "linear-probe evaluation on every fold, with baselines, as tables and PNGs",
+    "finetune": "fine-tune an encoder with a classification head (LightningCLI), then test",
     "demo": "generate speech-like audio and run a short tiny pretraining on it",
 }
 
@@ -322,6 +323,66 @@ def evaluate(args: list[str]) -> None:
     print(f"tables in {opts.out}/results.md")
 
 
+def finetune(args: list[str]) -> Any:
+    """LightningCLI over FinetuneSystem + LabelledDataModule: fit with early stopping on
+    validation UA, then test the best checkpoint on the held-out fold."""
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+    from emotion_ssl.data.labelled import LabelledDataModule
+    from emotion_ssl.train.finetune import FinetuneSystem
+
+    def classes(data: LabelledDataModule) -> list[str]:
+        data.setup("fit")
+        return list(data.label_names or [])
+
+    class FinetuneCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+            parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.set_defaults(
+                {
+                    "early_stopping.monitor": "val/ua",
+                    "early_stopping.mode": "max",
+                    "early_stopping.patience": 5,
+                    "checkpoint.monitor": "val/ua",
+                    "checkpoint.mode": "max",
+                    "checkpoint.save_last": True,
+                    "checkpoint.filename": "best-{epoch}-{step}",
+                }
+            )
+            parser.link_arguments(
+                "data", "model.label_names", compute_fn=classes, apply_on="instantiate"
+            )
+
+    warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        cli = FinetuneCLI(
+            FinetuneSystem,
+            LabelledDataModule,
+            args=args,
+            run=False,
+            seed_everything_default=1,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={
+                "logger": {
+                    "class_path": "lightning.pytorch.loggers.CSVLogger",
+                    "init_args": {"save_dir": "runs", "name": "finetune"},
+                },
+                "log_every_n_steps": 10,
+            },
+        )
+    finally:
+        sys.argv = argv
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    if cli.datamodule.test_dataset is not None:
+        checkpoint = cli.trainer.checkpoint_callback
+        best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+        cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None)
+    return cli
+
+
 def _cuda() -> bool:
     import torch
 
@@ -356,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         extract(rest)
     elif command == "evaluate":
         evaluate(rest)
+    elif command == "finetune":
+        finetune(rest)
     else:
         print(f"emotion-ssl: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2

@@ -23,3 +23,14 @@ def require_shared(path: Path) -> Path:
 @pytest.fixture
 def golden_dir() -> Path:
     return require_shared(GOLDEN)
+
+
+@pytest.fixture(scope="session")
+def ravdess_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real RAVDESS clips in ../shared, prepared once per session by data_prep.ravdess."""
+    root = require_shared(SHARED / "data" / "ravdess")
+    from data_prep.ravdess import main as prepare
+
+    out = tmp_path_factory.mktemp("ravdess")
+    prepare(["--root", str(root), "--out", str(out)])
+    return out / "manifest.jsonl"

@@ -199,8 +199,23 @@ def read_lightning_checkpoint(
 
     ckpt = loaded if loaded is not None else torch.load(path, map_location="cpu", weights_only=True)
     hparams = ckpt.get("hyper_parameters", {})
-    config = build_encoder_config(hparams.get("preset", "base"), hparams.get("encoder_overrides"))
     state: dict[str, Tensor] = ckpt["state_dict"]
+    if "encoder_config" in hparams:  # a FinetuneSystem checkpoint: encoder + head + labels
+        return PretrainedWeights(
+            path=str(path),
+            config=EncoderConfig.from_dict(hparams["encoder_config"]),
+            encoder_state={k[8:]: v for k, v in state.items() if k.startswith("encoder.")},
+            head_state={k[5:]: v for k, v in state.items() if k.startswith("head.")},
+            head_config=dict(hparams["head_config"]),
+            labels=list(hparams["label_names"]),
+            source_format="lightning (fine-tuned)",
+            metadata={
+                "global_step": ckpt.get("global_step"),
+                "fine-tuned from": hparams.get("encoder"),
+                "freeze": hparams.get("freeze"),
+            },
+        )
+    config = build_encoder_config(hparams.get("preset", "base"), hparams.get("encoder_overrides"))
 
     def part(prefix: str) -> dict[str, Tensor]:
         return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
