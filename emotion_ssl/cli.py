@@ -207,6 +207,9 @@ def export(args: list[str]) -> None:
     )
     parser.add_argument("out_dir")
     parser.add_argument("--which", choices=["student", "teacher"], default="student")
+    parser.add_argument(
+        "--results", help="an `evaluate` results.json whose table goes into the model card"
+    )
     opts = parser.parse_args(args)
     weights = read_weights(opts.checkpoint)
     validate_weights(weights)
@@ -220,7 +223,19 @@ def export(args: list[str]) -> None:
         encoder_state.update({f"context.{k}": v for k, v in teacher.items()})
         weights = replace(weights, encoder_state=encoder_state)
     weights.metadata["exported"] = opts.which
-    out = save_encoder_dir(opts.out_dir, weights, include_pretraining_state=False)
+    card = None
+    if opts.results:
+        import json
+        from pathlib import Path
+
+        from emotion_ssl.export.frozen import default_model_card
+        from emotion_ssl.train.evaluate import results_markdown
+
+        table = results_markdown(json.loads(Path(opts.results).read_text()))
+        table = "\n".join(line for line in table.splitlines() if not line.startswith("!["))
+        card = default_model_card(weights, False) + "\n## Evaluation\n\n" + table.split("\n", 2)[2]
+        weights.metadata["evaluation"] = opts.results
+    out = save_encoder_dir(opts.out_dir, weights, model_card=card, include_pretraining_state=False)
     print(describe(weights))
     print(f"wrote {out} ({opts.which})")
 

@@ -42,3 +42,12 @@ def test_architecture_reproduce_step_example(golden_dir) -> None:  # type: ignor
     losses = namespace["out"].losses  # type: ignore[attr-defined]
     assert abs(losses.frame.item() - 13.374698) < 1e-4
     assert abs(losses.utterance.item() - 13.237554) < 1e-4
+
+
+def test_alm_projector_example_runs() -> None:
+    text = (README.parent / "docs" / "alm.md").read_text()
+    (block,) = python_blocks(text)
+    namespace: dict[str, object] = {}
+    exec(compile(block, "docs/alm.md", "exec"), namespace)
+    assert tuple(namespace["soft_prompt"].shape) == (2, 10 + 19, 256)  # type: ignore[attr-defined]
+    assert tuple(namespace["llm_input"].shape) == (2, 10 + 19 + 12, 256)  # type: ignore[attr-defined]

@@ -111,11 +111,13 @@ def save_encoder_dir(
         "metadata": weights.metadata,
     }
     _write_text(out / "config.json", json.dumps(meta, indent=2) + "\n")
-    _write_text(out / "README.md", model_card or default_model_card(weights))
+    _write_text(
+        out / "README.md", model_card or default_model_card(weights, include_pretraining_state)
+    )
     return out
 
 
-def default_model_card(weights: PretrainedWeights) -> str:
+def default_model_card(weights: PretrainedWeights, include_pretraining_state: bool = True) -> str:
     s = weights.summary()
     c = weights.config
     lines = [
@@ -126,7 +128,12 @@ def default_model_card(weights: PretrainedWeights) -> str:
         f"{s['encoder_parameters']:,} parameters",
         f"- input: raw 16 kHz mono audio; output: {c.embed_dim}-d frames at "
         f"{SAMPLE_RATE / c.hop_length:g} Hz, utterance vector, utterance tokens",
-        f"- pretraining state included: teacher={s['teacher']}, decoder={s['decoder']}",
+        "- pretraining state included: "
+        + (
+            f"teacher={s['teacher']}, decoder={s['decoder']}"
+            if include_pretraining_state
+            else "no (a frozen encoder)"
+        ),
     ]
     if weights.labels:
         lines.append(f"- classifier labels: {', '.join(weights.labels)}")
@@ -227,8 +234,38 @@ def read_lightning_checkpoint(
         decoder_state=part("decoder.") or None,
         teacher_state=part("teacher.encoder.") or None,
         source_format="lightning",
-        metadata={"global_step": ckpt.get("global_step"), "epoch": ckpt.get("epoch")},
+        metadata={
+            "updates": ckpt.get("global_step"),
+            "preset": hparams.get("preset"),
+            **_run_config(Path(path)),
+        },
     )
+
+
+def _run_config(path: Path) -> dict[str, Any]:
+    """What the run's `config.yaml` (written by `emotion-ssl pretrain` beside its checkpoints
+    folder) says about training data and recipe, for the model card."""
+    import yaml
+
+    config_path = path.parent.parent / "config.yaml"
+    if not config_path.is_file():
+        return {}
+    config = yaml.safe_load(config_path.read_text()) or {}
+    data, model, trainer = (
+        config.get("data", {}),
+        config.get("model", {}),
+        config.get("trainer", {}),
+    )
+    found = {
+        "training data": data.get("train_manifest"),
+        "labelled data": data.get("labelled_manifest"),
+        "max updates": trainer.get("max_steps"),
+        "learning rate": model.get("lr"),
+        "utterance loss": f"{model.get('utterance_variant')} / {model.get('utterance_mode')}",
+        "category weight": model.get("category_weight"),
+        "run config": str(config_path),
+    }
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def read_weights(path: str | Path, trust_pickle: bool = False) -> PretrainedWeights:

@@ -198,3 +198,80 @@ def test_exported_folder_round_trip(corpus: tuple[Path, Path], encoder: EmotionE
     _, folder = corpus
     weights = read_weights(folder)
     assert all(torch.equal(weights.encoder_state[k], v) for k, v in encoder.state_dict().items())
+
+
+def test_export_writes_a_model_card_with_the_run_and_evaluation(tmp_path: Path) -> None:
+    """`emotion-ssl export CKPT OUT --results results.json` on a real pretraining run."""
+    from emotion_ssl.data.synthetic import write_synthetic_corpus
+
+    manifest = write_synthetic_corpus(tmp_path / "corpus", num_files=6, seed=0)
+    tiny = Path(__file__).resolve().parents[2] / "recipes" / "pretrain" / "tiny.yaml"
+    assert (
+        main(
+            [
+                "pretrain",
+                "-c",
+                str(tiny),
+                "--data.train_manifest",
+                str(manifest),
+                "--trainer.max_steps",
+                "2",
+                "--trainer.enable_progress_bar",
+                "false",
+                "--trainer.logger.init_args.save_dir",
+                str(tmp_path / "runs"),
+            ]
+        )
+        == 0
+    )
+    ckpt = tmp_path / "runs" / "pretrain" / "version_0" / "checkpoints" / "last.ckpt"
+    results = {
+        "corpus": "demo",
+        "manifest": "m.jsonl",
+        "encoder": str(ckpt),
+        "fold_field": "fold",
+        "folds": ["1"],
+        "labels": ["a", "b"],
+        "probe": {},
+        "feature_sets": {
+            "encoder": {
+                "mean": {"wa": 0.5, "ua": 0.5, "wf1": 0.5},
+                "std": {"wa": 0, "ua": 0, "wf1": 0},
+                "folds": {"1": {"wa": 0.5, "ua": 0.5, "wf1": 0.5, "n_test": 2}},
+            }
+        },
+    }
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert (
+        main(
+            [
+                "export",
+                str(ckpt),
+                str(tmp_path / "enc"),
+                "--results",
+                str(tmp_path / "results.json"),
+            ]
+        )
+        == 0
+    )
+    card = (tmp_path / "enc" / "README.md").read_text()
+    assert f"training data: {manifest}" in card
+    assert "updates: 2" in card and "preset: tiny" in card
+    assert "pretraining state included: no" in card
+    assert "## Evaluation" in card and "| encoder | 50.00 ± 0.00 |" in card
+    assert "![" not in card  # the confusion plots stay with the evaluation, not the encoder
+    assert sorted(p.name for p in (tmp_path / "enc").iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+    ]
+
+
+def test_bfloat16_extraction_is_close_to_float32(encoder: EmotionEncoder) -> None:
+    audio = recordings([16000, 9000], seed=7)
+    fp32 = FeatureExtractor(encoder, ExtractConfig()).extract(audio)
+    bf16 = FeatureExtractor(encoder, ExtractConfig(dtype="bfloat16")).extract(audio)
+    for a, b in zip(fp32, bf16, strict=True):
+        assert b["frames"].dtype == np.float32 and b["frames"].shape == a["frames"].shape
+        rel = np.linalg.norm(a["frames"] - b["frames"]) / np.linalg.norm(a["frames"])
+        assert 0 < rel < 0.05  # bf16 really ran (not identical) and stays close
