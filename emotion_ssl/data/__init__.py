@@ -6,6 +6,15 @@ from typing import TYPE_CHECKING, Any
 
 from emotion_ssl.data.audio import TARGET_RATE, AudioReadError, load_audio, resampled_length
 from emotion_ssl.data.batch import AudioBatch, AudioItem, collate_audio, crop_batch_to_shortest
+from emotion_ssl.data.emotion_corpus import (
+    EMOTIONS,
+    CorpusSpec,
+    SpeakerProfile,
+    make_speaker,
+    render_utterance,
+    synthesize_utterance,
+    write_emotion_corpus,
+)
 from emotion_ssl.data.manifest import (
     ManifestEntry,
     ManifestError,
@@ -51,7 +60,14 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "EMOTIONS",
     "TARGET_RATE",
+    "CorpusSpec",
+    "SpeakerProfile",
+    "make_speaker",
+    "render_utterance",
+    "synthesize_utterance",
+    "write_emotion_corpus",
     "AudioBatch",
     "AudioItem",
     "AudioReadError",
