@@ -21,7 +21,7 @@ COMMANDS = {
     "extract": "features (frames, utterance vectors, utterance tokens) for a manifest",
     "evaluate": "linear-probe evaluation on every fold, with baselines, as tables and PNGs",
     "finetune": "fine-tune an encoder with a classification head (LightningCLI), then test",
-    "demo": "generate speech-like audio and run a short tiny pretraining on it",
+    "demo": "generate emotional speech, pretrain, evaluate, export, extract; write a report",
 }
 
 
@@ -87,40 +87,20 @@ def pretrain(args: list[str]) -> Any:
 
 
 def demo(args: list[str]) -> None:
-    """A short tiny pretraining on generated audio (until the full demo lands)."""
-    from pathlib import Path
-
-    from emotion_ssl.data.synthetic import write_synthetic_corpus
+    """The whole life cycle on the built-in corpus (or RAVDESS): see emotion_ssl/demo.py."""
+    from emotion_ssl.demo import DemoSettings, run_demo
 
     parser = argparse.ArgumentParser(prog="emotion-ssl demo", description=COMMANDS["demo"])
     parser.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    parser.add_argument("--steps", type=int, default=60, help="optimizer updates (default 60)")
-    parser.add_argument("--files", type=int, default=48, help="generated clips (default 48)")
+    parser.add_argument("--corpus", choices=["synthetic", "ravdess"], default="synthetic")
+    parser.add_argument("--root", help="with --corpus ravdess: the folder of Actor_NN folders")
+    parser.add_argument("--steps", type=int, help="pretraining updates per run")
+    parser.add_argument("--quick", action="store_true", help="a seconds-long version (tests)")
     opts = parser.parse_args(args)
-    out = Path(opts.out)
-    print(f"[demo] writing {opts.files} generated clips to {out / 'data'}", flush=True)
-    manifest = write_synthetic_corpus(out / "data", num_files=opts.files, seed=0)
-    print(f"[demo] pretraining the tiny encoder for {opts.steps} updates", flush=True)
-    cli = pretrain(
-        [
-            "-c",
-            str(Path(__file__).resolve().parents[1] / "recipes" / "pretrain" / "tiny.yaml"),
-            "--data.train_manifest",
-            str(manifest),
-            "--trainer.max_steps",
-            str(opts.steps),
-            "--trainer.logger.init_args.save_dir",
-            str(out / "runs"),
-            "--trainer.default_root_dir",
-            str(out / "runs"),
-        ]
-    )
-    log_dir = Path(cli.trainer.log_dir or out)
-    print(
-        f"[demo] done: loss curves in {log_dir / 'loss_curves.png'}, "
-        f"checkpoints in {log_dir / 'checkpoints'}",
-        flush=True,
-    )
+    settings = DemoSettings.quick() if opts.quick else DemoSettings()
+    if opts.steps is not None:
+        settings.steps = opts.steps
+    run_demo(opts.out, opts.corpus, opts.root, settings)
 
 
 def import_fairseq(args: list[str]) -> None:
@@ -210,6 +190,12 @@ def export(args: list[str]) -> None:
     parser.add_argument(
         "--results", help="an `evaluate` results.json whose table goes into the model card"
     )
+    parser.add_argument(
+        "--format",
+        choices=["folder", "onnx"],
+        default="folder",
+        help="folder (safetensors + config + card) or onnx (OUT_DIR/encoder.onnx as well)",
+    )
     opts = parser.parse_args(args)
     weights = read_weights(opts.checkpoint)
     validate_weights(weights)
@@ -236,6 +222,12 @@ def export(args: list[str]) -> None:
         card = default_model_card(weights, False) + "\n## Evaluation\n\n" + table.split("\n", 2)[2]
         weights.metadata["evaluation"] = opts.results
     out = save_encoder_dir(opts.out_dir, weights, model_card=card, include_pretraining_state=False)
+    if opts.format == "onnx":
+        from emotion_ssl.export.frozen import build_encoder
+        from emotion_ssl.export.onnx import export_onnx
+
+        onnx_path = export_onnx(build_encoder(weights).eval(), out / "encoder.onnx")
+        print(f"wrote {onnx_path} (inputs: waveforms, padding_mask; dynamic batch and length)")
     print(describe(weights))
     print(f"wrote {out} ({opts.which})")
 

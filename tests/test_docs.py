@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -12,18 +14,33 @@ def python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
-def test_readme_python_example_runs() -> None:
+def test_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README example, run where `encoders/mine` is a real exported (tiny) encoder."""
+    import torch
+
+    from emotion_ssl import EmotionEncoder, EncoderConfig
+    from emotion_ssl.export import save_encoder_dir
+    from emotion_ssl.export.weights import PretrainedWeights
+
+    torch.manual_seed(0)
+    config = EncoderConfig.tiny()
+    weights = PretrainedWeights("readme", config, EmotionEncoder(config).state_dict())
+    save_encoder_dir(tmp_path / "encoders" / "mine", weights)
+    monkeypatch.chdir(tmp_path)
     blocks = python_blocks(README.read_text())
     assert blocks, "README has no python example"
     namespace: dict[str, object] = {}
     exec(compile(blocks[0], str(README), "exec"), namespace)
     out = namespace["out"]
-    assert tuple(out.frames.shape) == (2, 149, 768)  # type: ignore[attr-defined]
+    D = config.embed_dim
+    assert tuple(out.frames.shape) == (2, 149, D)  # type: ignore[attr-defined]
     assert tuple(out.padding_mask.shape) == (2, 149)  # type: ignore[attr-defined]
     assert int((~out.padding_mask[1]).sum()) == 93  # type: ignore[attr-defined]
-    assert tuple(out.utterance.shape) == (2, 768)  # type: ignore[attr-defined]
-    assert tuple(out.tokens.shape) == (2, 10, 768)  # type: ignore[attr-defined]
-    assert len(out.layers) == 12  # type: ignore[attr-defined]
+    assert tuple(out.utterance.shape) == (2, D)  # type: ignore[attr-defined]
+    assert tuple(out.tokens.shape) == (2, 10, D)  # type: ignore[attr-defined]
+    assert len(out.layers) == config.num_layers  # type: ignore[attr-defined]
+    features = namespace["features"]
+    assert [f["frames"].shape for f in features] == [(149, D), (93, D)]  # type: ignore[attr-defined]
 
 
 def test_architecture_reproduce_step_example(golden_dir) -> None:  # type: ignore[no-untyped-def]

@@ -87,9 +87,12 @@ def evaluate(
     labels: Sequence[str] | None = None,
     device: str = "cpu",
     progress: bool = True,
+    extra_encoders: dict[str, str] | None = None,
+    encoder_name: str = "encoder",
 ) -> dict:
-    """Run the probe for the encoder (if given) and each baseline; write results.json,
-    results.md and one confusion matrix PNG per feature set. Returns the results dict."""
+    """Run the probe for the encoder (if given, reported as `encoder_name`), any
+    `extra_encoders` (name -> path) and each baseline; write results.json, results.md and one
+    confusion matrix PNG per feature set. Returns the results dict."""
     probe = probe or ProbeConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -118,8 +121,12 @@ def evaluate(
     if encoder_path is not None:
         encoder = load_encoder(encoder_path)
         base_config = encoder.config
-        feature_sets["encoder"] = _encoder_features(
-            encoder, entries, out / "features" / "encoder", layer, device, progress
+        feature_sets[encoder_name] = _encoder_features(
+            encoder, entries, out / "features" / slug(encoder_name), layer, device, progress
+        )
+    for name, path in (extra_encoders or {}).items():
+        feature_sets[name] = _encoder_features(
+            load_encoder(path), entries, out / "features" / slug(name), layer, device, progress
         )
     for name in baselines:
         if name == "random":
@@ -176,12 +183,16 @@ def evaluate(
         plot_confusion(
             confusion,
             label_names,
-            str(out / f"confusion_{name}.png"),
+            str(out / f"confusion_{slug(name)}.png"),
             f"{corpus}: {name} (all test folds)",
         )
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(results_markdown(results))
     return results
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
 
 
 def _fold_order(value: str) -> tuple[int, str]:
@@ -219,5 +230,9 @@ def results_markdown(results: dict) -> str:
             for r in sets
         ]
         lines.append(f"| {fold} | {n} | " + " | ".join(cells) + " |")
-    lines += ["", *[f"![{name}](confusion_{name}.png)" for name in results["feature_sets"]], ""]
+    lines += [
+        "",
+        *[f"![{name}](confusion_{slug(name)}.png)" for name in results["feature_sets"]],
+        "",
+    ]
     return "\n".join(lines)
