@@ -63,10 +63,10 @@ def main() -> None:
 
 def training_step(golden: Path) -> None:
     """One pretraining step in code_faithful mode vs the reference's recorded step."""
-    from emotion_ssl.export.fairseq import map_fairseq_key, read_fairseq_checkpoint
-    from emotion_ssl.train.pretrain import PretrainSystem
+    from emotion_ssl.export.fairseq import map_fairseq_key
+    from emotion_ssl.train.parity import reference_step_system
 
-    weights = read_fairseq_checkpoint(golden / "emotion2vec_tiny" / "checkpoint.pt")
+    checkpoint = golden / "emotion2vec_tiny" / "checkpoint.pt"
     step_dir = golden / "emotion2vec_tiny_train"
     step = torch.load(step_dir / "step.pt")
     print(
@@ -79,27 +79,7 @@ def training_step(golden: Path) -> None:
         ("global", "step_cls_global.pt"),
     ):
         ref = torch.load(step_dir / name)
-        system = PretrainSystem(
-            preset="tiny",
-            encoder_overrides={
-                "dropout": 0.0,
-                "attention_dropout": 0.0,
-                "post_mlp_dropout": 0.0,
-                "layerdrop": 0.0,
-                "prenet_layerdrop": 0.0,
-                "decoder_input_dropout": 0.0,
-                "mask_noise_std": 0.0,
-                "normalize_waveform": False,
-            },
-            num_clones=2,
-            top_k=2,
-            utterance_variant=variant,  # type: ignore[arg-type]
-            utterance_mode="code_faithful",
-        )
-        system.student.load_state_dict(weights.encoder_state)
-        assert weights.decoder_state is not None
-        system.decoder.load_state_dict(weights.decoder_state)
-        system.teacher.copy_from(system.student.context)
+        system = reference_step_system(checkpoint, variant)  # type: ignore[arg-type]
         out = system.forward_step(step["source"], None, torch.full((3,), -1), mask=step["mask"])
         out.losses.total.backward()
         norm = ref["normalised"]

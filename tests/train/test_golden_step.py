@@ -7,40 +7,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from emotion_ssl.export.fairseq import map_fairseq_key, split_fairseq_state_dict
+from emotion_ssl.export.fairseq import map_fairseq_key
+from emotion_ssl.train.parity import reference_step_system
 from emotion_ssl.train.pretrain import PretrainSystem
 
-# the golden step's settings (its README): deterministic, no noise, the cropped batch is
-# already normalised, clone batch 2, top-2 targets
-GOLDEN_OVERRIDES = {
-    "dropout": 0.0,
-    "attention_dropout": 0.0,
-    "post_mlp_dropout": 0.0,
-    "layerdrop": 0.0,
-    "prenet_layerdrop": 0.0,
-    "decoder_input_dropout": 0.0,
-    "mask_noise_std": 0.0,
-    "normalize_waveform": False,
-}
 VARIANTS = [("chunk", "step.pt"), ("token", "step_cls_single.pt"), ("global", "step_cls_global.pt")]
 
 
 def golden_system(golden_dir: Path, variant: str, mode: str = "code_faithful") -> PretrainSystem:
-    ckpt = torch.load(golden_dir / "emotion2vec_tiny" / "checkpoint.pt")
-    system = PretrainSystem(
-        preset="tiny",
-        encoder_overrides=GOLDEN_OVERRIDES,
-        num_clones=2,
-        top_k=2,
-        utterance_variant=variant,  # type: ignore[arg-type]
-        utterance_mode=mode,  # type: ignore[arg-type]
+    return reference_step_system(
+        golden_dir / "emotion2vec_tiny" / "checkpoint.pt",
+        variant,  # type: ignore[arg-type]
+        mode,  # type: ignore[arg-type]
     )
-    encoder_state, decoder_state, unmapped = split_fairseq_state_dict(ckpt["model"])
-    assert unmapped == []
-    system.student.load_state_dict(encoder_state, strict=True)
-    system.decoder.load_state_dict(decoder_state, strict=True)
-    system.teacher.copy_from(system.student.context)  # the golden teacher equals the student
-    return system.train()
 
 
 def our_param(system: PretrainSystem, fairseq_key: str) -> torch.nn.Parameter:
