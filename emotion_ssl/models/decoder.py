@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emotion_ssl.models.config import EncoderConfig
+from emotion_ssl.models.feature_extractor import conv1d_time_last
 
 
 def scatter_to_time(
@@ -70,15 +73,14 @@ class ConvDecoder(nn.Module):
 
     def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """x: (R, T, D) decoder input; padding_mask: (R, T) True = padding -> (R, T, D)"""
-        keep = None if padding_mask is None else (~padding_mask).unsqueeze(1).to(x.dtype)
-        h = x.transpose(1, 2)  # (R, D, T)
+        keep = None if padding_mask is None else (~padding_mask).unsqueeze(-1).to(x.dtype)
+        h = x  # time-major throughout: no transposed copies (see conv1d_time_last)
         residual = h
         for conv in self.convs:
             if keep is not None:
                 h = h * keep
-            h = conv(h)
-            h = F.gelu(F.layer_norm(h.transpose(1, 2), (self.dim,)).transpose(1, 2))
-            if residual.size(1) == h.size(1):
+            h = F.gelu(F.layer_norm(conv1d_time_last(h, cast(nn.Conv1d, conv)), (self.dim,)))
+            if residual.size(-1) == h.size(-1):
                 h = h + residual
             residual = h
-        return self.proj(h.transpose(1, 2))
+        return self.proj(h)

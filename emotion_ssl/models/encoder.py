@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from emotion_ssl.models.config import EncoderConfig
 from emotion_ssl.models.feature_extractor import (
@@ -15,6 +16,7 @@ from emotion_ssl.models.feature_extractor import (
     min_samples_for_one_frame,
     normalize_waveform,
 )
+from emotion_ssl.models.masking import to_device
 from emotion_ssl.models.transformer import (
     PositionalConv,
     TransformerBlock,
@@ -107,6 +109,9 @@ class ContextEncoder(nn.Module):
         self.prenet_dropout = nn.Dropout(config.dropout)
         self.prenet = nn.ModuleList(self._block() for _ in range(config.prenet_depth))
         self.blocks = nn.ModuleList(self._block() for _ in range(config.depth))
+        self.activation_checkpointing = False
+        """Recompute each block in backward instead of storing its activations (memory for
+        about one extra forward of the transformer); a runtime switch, not architecture."""
         for module in [*self.prenet, *self.blocks]:
             for sub in module.modules():
                 if isinstance(sub, nn.Linear):
@@ -136,9 +141,15 @@ class ContextEncoder(nn.Module):
         padding_mask: Tensor | None = None,
         mask: Tensor | None = None,
         return_layers: bool = False,
+        num_kept: int | None = None,
     ) -> ContextOutput:
         """features: (B, T, D) projected CNN features; padding_mask: (B, T) True = padding;
-        mask: (B, T) True = masked (dropped before the transformer)."""
+        mask: (B, T) True = masked (dropped before the transformer).
+
+        num_kept: with `mask`, the most frames any row keeps, when the caller knows it on the
+        host (exact-count masks: T - floor(mask_prob * T)); it spares reading it back from the
+        device. Without `padding_mask`, every row must keep exactly `num_kept` frames.
+        """
         B, T, _ = features.shape
         x = features
         if mask is not None:
@@ -146,19 +157,26 @@ class ContextEncoder(nn.Module):
             x = x.masked_fill(mask.unsqueeze(-1), 0.0)
         x = x + self.pos_conv(x, padding_mask)
 
-        positions = torch.arange(T, device=x.device).expand(B, T)
+        positions = torch.arange(T, device=x.device).unsqueeze(0)  # (1, T): shared by all rows
         frame_padding = padding_mask
         if mask is not None:
-            x, positions, frame_padding = _keep_unmasked(x, mask, padding_mask)
+            x, positions, frame_padding = _keep_unmasked(x, mask, padding_mask, num_kept)
 
         scale = self.alibi_scale.clamp_min(0).view(-1)  # a negative scale means no ALiBi
-        bias = attention_bias(positions, frame_padding, self.alibi_slopes, scale, self.num_tokens)
-        # (B, H, E+K, E+K)
+        bias = attention_bias(
+            positions,
+            frame_padding,
+            self.alibi_slopes,
+            scale,
+            self.num_tokens,
+            dtype=_compute_dtype(x),
+        )  # (B or 1, H, E+K, E+K), built once for every block
 
         tokens = self.utterance_tokens.expand(x.size(0), -1, -1).to(x.dtype)
         x = torch.cat([tokens, x], dim=1)  # (B, E+K, D)
         x = self.prenet_dropout(self.prenet_norm(x))
 
+        checkpointing = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         layers: list[Tensor] = []
         ffn_outputs: list[Tensor] = []
         for blocks, drop in (
@@ -166,9 +184,14 @@ class ContextEncoder(nn.Module):
             (self.blocks, self.config.layerdrop),
         ):
             for block in blocks:
+                # a CPU draw from the global generator: no host-device synchronisation
                 if self.training and drop > 0 and float(torch.rand(())) < drop:
                     continue  # layerdrop
-                x, ffn_out = block(x, bias)
+                if checkpointing:
+                    # recompute the block in backward (dropout replays the same RNG state)
+                    x, ffn_out = checkpoint(block, x, bias, use_reentrant=False)
+                else:
+                    x, ffn_out = block(x, bias)
                 if return_layers:
                     layers.append(x)
                     ffn_outputs.append(ffn_out)
@@ -176,28 +199,39 @@ class ContextEncoder(nn.Module):
         return ContextOutput(
             x=x,
             padding_mask=frame_padding,
-            positions=positions,
+            positions=positions.expand(x.size(0), -1),
             num_tokens=self.num_tokens,
             layers=layers if return_layers else None,
             ffn_outputs=ffn_outputs if return_layers else None,
         )
 
 
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype attention computes in: autocast's when it is on, else x's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
 def _keep_unmasked(
-    x: Tensor, mask: Tensor, padding_mask: Tensor | None
+    x: Tensor, mask: Tensor, padding_mask: Tensor | None, num_kept: int | None = None
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Gather the unmasked valid frames of each row, in time order.
 
     x: (B, T, D); mask: (B, T) True = masked -> kept (B, K, D), positions (B, K),
-    kept padding mask (B, K) or None when every row keeps K frames.
+    kept padding mask (B, K) or None when every row keeps K frames. K = `num_kept` when given
+    (no device read); else the largest kept count, read from the device (one sync).
     """
     drop = mask if padding_mask is None else mask | padding_mask
     keep_count = (~drop).sum(dim=1)  # (B,)
-    K = int(keep_count.max())
+    K = int(keep_count.max()) if num_kept is None else num_kept
     # a stable sort puts the kept frames first, in time order
     order = torch.sort(drop.to(torch.uint8), dim=1, stable=True).indices[:, :K]  # (B, K)
     kept = torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, x.size(-1)))
     kept_padding = torch.arange(K, device=x.device).unsqueeze(0) >= keep_count.unsqueeze(1)
+    if num_kept is not None:
+        # known on the host: no padding at all, or a padding mask (maybe all False) to apply
+        return kept, order, None if padding_mask is None else kept_padding
     return kept, order, kept_padding if bool(kept_padding.any()) else None
 
 
@@ -238,22 +272,28 @@ class EmotionEncoder(nn.Module):
         B, S = waveforms.shape
         if lengths is None:
             lengths = torch.full((B,), S, dtype=torch.long, device=waveforms.device)
-        lengths = lengths.to(waveforms.device).long()
+        lengths = lengths.long()
+        # checks and the padding decision read `lengths` where it lives: free for host lengths
+        # (what PretrainSystem passes), one synchronisation for lengths on an accelerator
         if bool((lengths > S).any()) or bool((lengths < self.min_samples).any()):
             raise ValueError(
                 f"every length must be in [{self.min_samples}, {S}] samples "
                 f"(the CNN needs {self.min_samples} for one frame); got {lengths.tolist()}"
             )
+        frame_lengths = self.frame_lengths(lengths)  # (B,) on lengths' device
+        T = int(self.frame_lengths(torch.tensor([S]))[0])
+        padded = bool((frame_lengths < T).any())
+        lengths = to_device(lengths, waveforms.device)
+        frame_lengths = to_device(frame_lengths, waveforms.device)
         if self.config.normalize_waveform:
             x = normalize_waveform(waveforms, lengths)  # (B, S), padding = 0
         else:
             x = waveforms.float().masked_fill(lengths_to_padding_mask(lengths, S), 0.0)
         x = self.feature_extractor(x.to(self.feature_proj.weight.dtype))  # (B, C, T)
         x = self.feature_proj(self.feature_norm(x.transpose(1, 2)))  # (B, T, D)
-        frame_lengths = self.frame_lengths(lengths)
-        padding_mask = lengths_to_padding_mask(frame_lengths, x.size(1))
-        if not bool(padding_mask.any()):
+        if not padded:
             return x, None, frame_lengths
+        padding_mask = lengths_to_padding_mask(frame_lengths, T)
         # zero padded frames: nothing downstream may read them
         return x.masked_fill(padding_mask.unsqueeze(-1), 0.0), padding_mask, frame_lengths
 

@@ -50,39 +50,55 @@ def min_samples_for_one_frame(conv_layers: list[ConvSpec]) -> int:
     return need
 
 
-class _ChannelLayerNorm(nn.LayerNorm):
-    """LayerNorm over the channels of a (B, C, T) tensor, computed in fp32."""
+def conv1d_time_last(x: Tensor, conv: nn.Conv1d) -> Tensor:
+    """`conv` applied to x (B, T, C_in) -> (B, T', C_out), both time-major.
 
-    def forward(self, x: Tensor) -> Tensor:
-        # fp32 upcast: the reference's Fp32LayerNorm, stable under bf16 autocast
-        y = F.layer_norm(
-            x.transpose(1, 2).float(),
-            self.normalized_shape,
-            self.weight.float() if self.weight is not None else None,
-            self.bias.float() if self.bias is not None else None,
-            self.eps,
-        )
-        return y.transpose(1, 2).type_as(x)
+    Runs as a 2-D convolution over (B, C, 1, T) in channels-last layout, which is exactly the
+    memory of a (B, T, C) tensor: no transposed copy on the way in or out, and the LayerNorm
+    over channels that follows reads contiguous rows. Same weights and result as `conv` on
+    x.transpose(1, 2) (up to the convolution algorithm's rounding).
+    """
+    y = F.conv2d(
+        x.transpose(1, 2).unsqueeze(2),  # (B, C_in, 1, T), strides of channels-last
+        conv.weight.unsqueeze(2),  # (C_out, C_in / groups, 1, k)
+        conv.bias,
+        stride=(1, conv.stride[0]),
+        padding=(0, int(conv.padding[0])),  # type: ignore[arg-type]
+        dilation=(1, conv.dilation[0]),
+        groups=conv.groups,
+    )  # (B, C_out, 1, T')
+    return y.squeeze(2).transpose(1, 2)  # (B, T', C_out), a view
 
 
 class ConvLayer(nn.Module):
-    """Conv1d (no bias) -> Dropout -> LayerNorm over channels -> GELU."""
+    """Conv1d (no bias) -> Dropout -> LayerNorm over channels -> GELU, time-major:
+    (B, T, C_in) -> (B, T', C_out)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int) -> None:
         super().__init__()
         self.conv = nn.Conv1d(in_channels, out_channels, kernel, stride=stride, bias=False)
         nn.init.kaiming_normal_(self.conv.weight)
-        self.norm = _ChannelLayerNorm(out_channels, elementwise_affine=True)
+        self.norm = nn.LayerNorm(out_channels, elementwise_affine=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.gelu(self.norm(self.conv(x)))
+        h = conv1d_time_last(x, self.conv)
+        # fp32 upcast: the reference's Fp32LayerNorm, stable under bf16 autocast
+        h = F.layer_norm(
+            h.float(),
+            self.norm.normalized_shape,
+            self.norm.weight.float(),
+            self.norm.bias.float(),
+            self.norm.eps,
+        ).type_as(h)
+        return F.gelu(h)
 
 
 class FeatureExtractor(nn.Module):
     """7-layer CNN: (B, S) samples -> (B, C, T) frames at 50 Hz for the base spec.
 
     A valid output frame only sees valid input samples (no padding on the convolutions), so
-    a padded batch gives the same valid frames as each utterance alone.
+    a padded batch gives the same valid frames as each utterance alone. Computed time-major
+    (see `conv1d_time_last`); the (B, C, T) result is a transposed view of (B, T, C) memory.
     """
 
     def __init__(self, conv_layers: list[ConvSpec]) -> None:
@@ -97,7 +113,7 @@ class FeatureExtractor(nn.Module):
 
     def forward(self, waveforms: Tensor) -> Tensor:
         """waveforms: (B, S) -> (B, C, T)"""
-        x = waveforms.unsqueeze(1)  # (B, 1, S)
+        x = waveforms.unsqueeze(2)  # (B, S, 1): time-major, one channel
         for layer in self.layers:
             x = layer(x)
-        return x
+        return x.transpose(1, 2)

@@ -6,6 +6,16 @@ import torch
 from torch import Tensor
 
 
+def to_device(x: Tensor, device: torch.device) -> Tensor:
+    """Move a host tensor to `device` without a host-device synchronisation (pinned memory,
+    non-blocking copy on CUDA; a plain copy elsewhere)."""
+    if x.device == device:
+        return x
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
 def compute_span_mask(
     lengths: Tensor,
     max_len: int,
@@ -20,40 +30,53 @@ def compute_span_mask(
     random span centres, mark span_length frames around each, then unmask or mask extra
     random frames until exactly floor(mask_prob * T) are masked. Padding is never masked.
 
-    lengths: (B,) long valid frames; returns (B, max_len) bool, True = masked. Drawn on the
-    CPU from `generator` (deterministic under a seed), then moved to lengths' device.
+    lengths: (B,) long valid frames; returns (B, max_len) bool, True = masked, on lengths'
+    device. The random numbers are drawn on the CPU from `generator` (deterministic under a
+    seed; their shapes depend only on B and max_len), the rest runs on lengths' device for all
+    rows at once, without reading anything back to the host.
     """
     if not 0.0 <= mask_prob < 1.0:
         raise ValueError(f"mask_prob must be in [0, 1), got {mask_prob}")
     if span_length < 1:
         raise ValueError(f"span_length must be >= 1, got {span_length}")
-    cpu_lengths = lengths.detach().cpu().long().tolist()
-    mask = torch.zeros(len(cpu_lengths), max_len, dtype=torch.bool)
-    for row, T in enumerate(cpu_lengths):
-        if max_len < T:
-            raise ValueError(f"length {T} exceeds max_len {max_len}")
-        target = int(T * mask_prob)
-        if target == 0:
-            continue
-        num_spans = int(T * (mask_prob + mask_prob_adjust) / span_length)
-        row_mask = torch.zeros(T, dtype=torch.bool)
-        if num_spans > 0:
-            centres = torch.randint(0, T, (num_spans,), generator=generator)
-            # a span of span_length frames around each centre (left-heavy for even lengths)
-            offsets = torch.arange(span_length) - (span_length - 1) // 2
-            idx = (centres.unsqueeze(1) + offsets.unsqueeze(0)).clamp(0, T - 1)
-            row_mask[idx.view(-1)] = True
-        count = int(row_mask.sum())
-        if count > target:  # unmask random masked frames
-            masked = row_mask.nonzero().view(-1)
-            drop = masked[torch.randperm(len(masked), generator=generator)[: count - target]]
-            row_mask[drop] = False
-        elif count < target:  # mask random unmasked frames
-            free = (~row_mask).nonzero().view(-1)
-            add = free[torch.randperm(len(free), generator=generator)[: target - count]]
-            row_mask[add] = True
-        mask[row, :T] = row_mask
-    return mask.to(lengths.device)
+    device = lengths.device
+    if device.type == "cpu":  # free to check on the host; elsewhere it would be a sync
+        too_long = lengths > max_len
+        if bool(too_long.any()):
+            raise ValueError(f"length {int(lengths[too_long][0])} exceeds max_len {max_len}")
+    B = lengths.size(0)
+    max_spans = int(max_len * (mask_prob + mask_prob_adjust) / span_length)
+    # every draw up front, on the CPU: centres (B, max_spans) and tie-breaks (B, max_len)
+    centre_draw = torch.rand(B, max_spans, generator=generator, dtype=torch.float64)
+    priority = torch.rand(B, max_len, generator=generator)
+    centre_draw, priority = to_device(centre_draw, device), to_device(priority, device)
+
+    lengths = lengths.long()
+    # float64 reproduces Python's int(T * p) and int(T * (p + adjust) / span) exactly
+    target = (lengths.double() * mask_prob).floor().long()  # (B,) frames to mask
+    num_spans = (lengths.double() * (mask_prob + mask_prob_adjust) / span_length).floor().long()
+    last = (lengths - 1).clamp_min(0).view(B, 1, 1)
+
+    # spans: centre c covers c - (span - 1) // 2 ... (left-heavy for even spans), clamped
+    centres = (centre_draw * lengths.unsqueeze(1)).floor().long()  # (B, max_spans) in [0, T)
+    offsets = torch.arange(span_length, device=device) - (span_length - 1) // 2
+    idx = torch.minimum((centres.unsqueeze(2) + offsets).clamp_min(0), last)  # (B, S, span)
+    unused = torch.arange(max_spans, device=device).unsqueeze(0) >= num_spans.unsqueeze(1)
+    idx = idx.masked_fill(unused.unsqueeze(2), max_len)  # unused spans go to a scratch column
+    in_span = torch.zeros(B, max_len + 1, dtype=torch.bool, device=device)
+    in_span.scatter_(1, idx.view(B, -1), True)
+    in_span = in_span[:, :max_len]
+
+    # exact count: keep the `target` highest-priority valid frames, span frames first. If the
+    # spans cover too many frames this unmasks a uniformly random subset of them; too few, it
+    # adds uniformly random unmasked frames: the two corrections of data2vec 2.0.
+    valid = torch.arange(max_len, device=device).unsqueeze(0) < lengths.unsqueeze(1)
+    key = (priority + in_span.to(priority.dtype)).masked_fill(~valid, -1.0)  # (B, max_len)
+    order = torch.sort(key, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(
+        1, order, torch.arange(max_len, device=device).expand(B, -1)
+    )
+    return rank < target.unsqueeze(1)
 
 
 def clone_lengths(lengths: Tensor, num_clones: int) -> Tensor:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from emotion_ssl.models.feature_extractor import conv1d_time_last
 
 
 def alibi_slopes(num_heads: int) -> list[float]:
@@ -31,13 +35,16 @@ def attention_bias(
     slopes: Tensor,
     scale: Tensor,
     num_tokens: int,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Additive attention bias for [tokens; frames]: scaled ALiBi between frames, 0 for tokens,
     -inf on padded keys.
 
     positions: (B, K) long, the time index of each kept frame (distances use original time, so
-    a masked sequence keeps its geometry); frame_padding_mask: (B, K) bool, True = padding;
-    slopes: (H,); scale: (H,) already clamped at 0 -> (B, H, E+K, E+K) float32
+    a masked sequence keeps its geometry), or (1, K) when every row shares them;
+    frame_padding_mask: (B, K) bool, True = padding; slopes: (H,); scale: (H,) already
+    clamped at 0 -> (B or 1, H, E+K, E+K) in `dtype` (default float32). Built once per forward
+    and shared by every block: a (1, ...) bias broadcasts over the batch inside attention.
     """
     pos = positions.float()
     distance = (pos.unsqueeze(2) - pos.unsqueeze(1)).abs()  # (B, K, K)
@@ -47,7 +54,8 @@ def attention_bias(
     if frame_padding_mask is not None:
         key_padding = F.pad(frame_padding_mask, (num_tokens, 0), value=False)  # (B, E+K)
         bias = bias.masked_fill(key_padding.view(key_padding.size(0), 1, 1, -1), float("-inf"))
-    return bias
+    # cast once here, not in each block (bf16 under autocast: half the bytes per block)
+    return bias if dtype is None else bias.to(dtype)
 
 
 class Attention(nn.Module):
@@ -62,7 +70,7 @@ class Attention(nn.Module):
         self.proj_dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, bias: Tensor) -> Tensor:
-        """x: (B, L, D); bias: (B, H, L, L) -> (B, L, D)"""
+        """x: (B, L, D); bias: (B or 1, H, L, L) -> (B, L, D)"""
         B, L, D = x.shape
         qkv = self.qkv(x).view(B, L, 3, self.num_heads, D // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, D/H)
@@ -70,7 +78,7 @@ class Attention(nn.Module):
             q,
             k,
             v,
-            attn_mask=bias.to(q.dtype),
+            attn_mask=bias.to(q.dtype),  # a no-op when the encoder built it in q's dtype
             dropout_p=self.attention_dropout if self.training else 0.0,
         )
         out = out.transpose(1, 2).reshape(B, L, D)
@@ -141,12 +149,10 @@ class PositionalConv(nn.Module):
 
     def forward(self, x: Tensor, padding_mask: Tensor | None) -> Tensor:
         """x: (B, T, D); padding_mask: (B, T) True = padding -> (B, T, D)"""
-        keep = None if padding_mask is None else (~padding_mask).unsqueeze(1).to(x.dtype)
-        h = x.transpose(1, 2)  # (B, D, T)
+        keep = None if padding_mask is None else (~padding_mask).unsqueeze(-1).to(x.dtype)
+        h = x  # time-major throughout: no transposed copies (see conv1d_time_last)
         for conv in self.layers:
             if keep is not None:
                 h = h * keep
-            h = conv(h)
-            h = F.layer_norm(h.transpose(1, 2), (self.dim,)).transpose(1, 2)
-            h = F.gelu(h)
-        return h.transpose(1, 2)
+            h = F.gelu(F.layer_norm(conv1d_time_last(h, cast(nn.Conv1d, conv)), (self.dim,)))
+        return h

@@ -6,18 +6,20 @@ import hashlib
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import Tensor
 
 from emotion_ssl.losses import CollapseGuard, LossOutput, PretrainObjective, frame_targets
 from emotion_ssl.losses.utterance import UtteranceVariant
 from emotion_ssl.models import EmotionEncoder, EncoderConfig
 from emotion_ssl.models.decoder import ConvDecoder
-from emotion_ssl.models.masking import compute_span_mask
+from emotion_ssl.models.masking import clone_lengths, compute_span_mask, to_device
 from emotion_ssl.models.teacher import EMATeacher
 
 if TYPE_CHECKING:
@@ -25,13 +27,21 @@ if TYPE_CHECKING:
 
 Preset = Literal["tiny", "base"]
 
+# PretrainSystem moves its batches itself on purpose (lengths stay on the host, see
+# `transfer_batch_to_device`); Lightning warns about that whenever a DataModule is used
+warnings.filterwarnings(
+    "ignore", message=r"You have overridden `transfer_batch_to_device` in `LightningModule`"
+)
+
 
 @dataclass
 class StepOutput:
     """One forward pass of pretraining (for tests and for debugging a run).
 
     mask: (R, T) True = masked; frame_target: (B, T, D); prediction: (R, T, D) decoder
-    output; decoder_input: (R, T, D); teacher_layers: per shared block (B, T, D) FFN outputs.
+    output; decoder_input: (R, T, D); teacher_layers: per shared block (B, T, D) FFN outputs;
+    kept_frames: (R, K, D) student outputs of the kept frames, kept_positions: (R, K) their
+    time indices, kept_padding: (R, K) True = not a kept frame, or None.
     """
 
     losses: LossOutput
@@ -43,7 +53,16 @@ class StepOutput:
     tokens: Tensor
     kept_frames: Tensor
     kept_positions: Tensor
-    num_encoded_frames: int
+    kept_padding: Tensor | None = None
+
+    @property
+    def num_encoded_frames(self) -> int:
+        """Frames the student's transformer encoded (reads the device: keep it off the hot
+        path)."""
+        R, K = self.kept_frames.shape[:2]
+        if self.kept_padding is None:
+            return R * K
+        return R * K - int(self.kept_padding.sum())
 
 
 class TeacherUpdate(L.Callback):
@@ -106,6 +125,11 @@ class PretrainSystem(L.LightningModule):
             data2vec 2.0 / emotion2vec checkpoint or an `emotion-ssl pretrain` checkpoint. The
             teacher starts from its teacher weights (`_ema`) when present, else from the
             student; utterance tokens the source lacks (data2vec 2.0) start fresh.
+        compile: `torch.compile` every transformer block and positional conv (student and
+            teacher), the CNN and the decoder (same weights and state-dict keys; the first
+            steps pay the compilation). Measured slower on CPU (docs/performance.md).
+        activation_checkpointing: recompute the student's blocks in backward instead of storing
+            their activations (less memory, about one more transformer forward per step).
     """
 
     def __init__(
@@ -142,6 +166,8 @@ class PretrainSystem(L.LightningModule):
         max_nonfinite_in_row: int = 10,
         seed: int = 1,
         init_from: str | None = None,
+        compile: bool = False,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -182,6 +208,19 @@ class PretrainSystem(L.LightningModule):
         self._nonfinite_in_row = 0
         self.nonfinite_skipped = 0
         self._last_batch_end: float | None = None
+        self.student.context.activation_checkpointing = activation_checkpointing
+        if compile:
+            for module in (
+                *self.student.context.prenet,
+                *self.student.context.blocks,
+                *self.teacher.encoder.prenet,
+                *self.teacher.encoder.blocks,
+                self.student.context.pos_conv,
+                self.teacher.encoder.pos_conv,
+                self.student.feature_extractor,
+                self.decoder,
+            ):
+                module.compile()  # in place: parameters and state-dict keys unchanged
 
     def on_fit_start(self) -> None:
         # by now a resumed run has restored its checkpoint (trainer.ckpt_path is set): then
@@ -242,8 +281,9 @@ class PretrainSystem(L.LightningModule):
         """One pretraining forward pass. `mask` (B * num_clones, T) may be given (e.g. the
         reference's masks); otherwise it is drawn from `generator`."""
         C = self.num_clones
-        features, padding_mask, frame_lengths = self.student.local_features(waveforms, lengths)
+        features, padding_mask, _ = self.student.local_features(waveforms, lengths)
         # features: (B, T, D); the CNN runs once per utterance, not once per clone
+        B, T = features.shape[:2]
 
         teacher_out = self.teacher(features.detach(), padding_mask)
         E = teacher_out.num_tokens
@@ -251,22 +291,31 @@ class PretrainSystem(L.LightningModule):
         teacher_layers = [f[:, E:] for f in teacher_out.ffn_outputs[-self.config.depth :]]
         frame_target = frame_targets(teacher_layers, padding_mask, self.top_k)  # (B, T, D)
 
-        T = features.size(1)
         features_c = features.repeat_interleave(C, dim=0)  # (R, T, D), row b*C + c
         padding_c = None if padding_mask is None else padding_mask.repeat_interleave(C, dim=0)
+        num_kept: int | None = None
         if mask is None:
+            # frame counts where `lengths` lives (the host in training: no device read)
+            frames = (
+                torch.full((B,), T, dtype=torch.long)
+                if lengths is None
+                else self.student.frame_lengths(lengths)
+            )
             mask = compute_span_mask(
-                frame_lengths.repeat_interleave(C),
+                clone_lengths(frames, C),
                 T,
                 self.mask_prob,
                 self.mask_length,
                 self.mask_prob_adjust,
                 generator,
             )
-        if padding_c is not None and bool((mask & padding_c).any()):
+            mask = to_device(mask, features.device)
+            # exact counts: no row keeps more than T - floor(mask_prob * T) frames
+            num_kept = T - int(T * self.mask_prob)
+        elif padding_c is not None and bool((mask & padding_c).any()):  # a given mask only
             raise ValueError("the mask covers padded frames")
 
-        student_out = self.student.context(features_c, padding_c, mask=mask)
+        student_out = self.student.context(features_c, padding_c, mask=mask, num_kept=num_kept)
         decoder_input = self.decoder.make_input(
             student_out.frames,
             student_out.positions,
@@ -290,9 +339,6 @@ class PretrainSystem(L.LightningModule):
             C,
             self.global_step,
         )
-        kept = student_out.frames.shape[0] * student_out.frames.shape[1]
-        if student_out.padding_mask is not None:
-            kept -= int(student_out.padding_mask.sum())
         return StepOutput(
             losses=losses,
             mask=mask,
@@ -303,7 +349,7 @@ class PretrainSystem(L.LightningModule):
             tokens=student_out.tokens,
             kept_frames=student_out.frames,
             kept_positions=student_out.positions,
-            num_encoded_frames=kept,
+            kept_padding=student_out.padding_mask,
         )
 
     def training_step(self, batch: AudioBatch, batch_idx: int) -> Tensor | None:
@@ -369,6 +415,16 @@ class PretrainSystem(L.LightningModule):
         return losses.total
 
     # --------------------------------------------------------------- bookkeeping
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
+        moved = super().transfer_batch_to_device(batch, device, dataloader_idx)
+        if hasattr(batch, "lengths") and hasattr(moved, "lengths"):
+            # lengths stay on the host: frame counts, padding and masks are decided there
+            # without reading the device back (each read would stall the step)
+            moved.lengths = batch.lengths
+        return moved
+
     def configure_callbacks(self) -> list[L.Callback]:
         return [TeacherUpdate()]
 
@@ -405,6 +461,12 @@ class PretrainSystem(L.LightningModule):
                     if p.ndim < 2 or "utterance_tokens" in name or "alibi" in name
                     else decay
                 ).append(p)
+        # one fused kernel over all parameters (on the CPU too: faster than foreach), except
+        # where Lightning refuses it: gradient clipping under mixed precision (a fused optimizer
+        # unscales internally, so the clipped gradients could still be scaled)
+        clipping = bool(self.trainer.gradient_clip_val) and isinstance(
+            self.trainer.precision_plugin, MixedPrecision
+        )
         optimizer = torch.optim.AdamW(
             [
                 {"params": decay, "weight_decay": self.weight_decay},
@@ -413,7 +475,7 @@ class PretrainSystem(L.LightningModule):
             lr=self.lr,
             betas=self.betas,
             eps=self.eps,
-            fused=True if self.device.type == "cuda" else None,
+            fused=True if self.device.type in ("cuda", "cpu") and not clipping else None,
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(self.warmup_steps, total)
