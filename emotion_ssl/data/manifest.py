@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,6 +163,16 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
     """
     path = Path(path)
     manifest_dir = path.absolute().parent
+    return _read_jsonl_entries(
+        path, lambda record, where: _parse_record(record, manifest_dir, where)
+    )
+
+
+def _read_jsonl_entries(
+    path: Path, parse: Callable[[Any, str], ManifestEntry]
+) -> list[ManifestEntry]:
+    """One entry per non-blank JSONL line via `parse(record, "file:line")`; bad JSON and
+    duplicate keys are ManifestErrors naming the file and line."""
     entries: list[ManifestEntry] = []
     first_line_of_key: dict[str, int] = {}
     with path.open(encoding="utf-8") as f:
@@ -174,7 +184,7 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ManifestError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from e
-            entry = _parse_record(record, manifest_dir, where)
+            entry = parse(record, where)
             if entry.key in first_line_of_key:
                 raise ManifestError(
                     f"{where}: duplicate key {entry.key!r} (first seen on line "
@@ -344,26 +354,9 @@ def read_emobox_manifest(
     """
     path = Path(path)
     root = Path(data_root).absolute() if data_root is not None else path.absolute().parent
-    entries: list[ManifestEntry] = []
-    first_line_of_key: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ManifestError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from e
-            entry = _emobox_entry(record, root, corpus, where)
-            if entry.key in first_line_of_key:
-                raise ManifestError(
-                    f"{where}: duplicate key {entry.key!r} (first seen on line "
-                    f"{first_line_of_key[entry.key]})"
-                )
-            first_line_of_key[entry.key] = line_no
-            entries.append(entry)
-    return entries
+    return _read_jsonl_entries(
+        path, lambda record, where: _emobox_entry(record, root, corpus, where)
+    )
 
 
 def write_emobox_manifest(
