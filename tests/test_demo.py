@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from emotion_ssl.cli import main
+from emotion_ssl.demo import DemoSettings
 
 
 def test_quick_demo_writes_the_report(tmp_path: Path) -> None:
@@ -38,11 +39,32 @@ def test_quick_demo_writes_the_report(tmp_path: Path) -> None:
     for encoder in ("full", "no_category"):
         assert (out / "encoders" / encoder / "model.safetensors").exists()
     assert len((out / "features" / "index.jsonl").read_text().splitlines()) == 5
-    # the full run used the category term, the other did not
-    assert (
-        "category_weight: 1.0" in (out / "runs" / "full" / "version_0" / "hparams.yaml").read_text()
-    )
-    assert (
-        "category_weight: 0.0"
-        in (out / "runs" / "no_category" / "version_0" / "hparams.yaml").read_text()
-    )
+    # the full run used the category term, the other did not; both took the demo's settings
+    full = (out / "runs" / "full" / "version_0" / "hparams.yaml").read_text()
+    plain = (out / "runs" / "no_category" / "version_0" / "hparams.yaml").read_text()
+    settings = DemoSettings.quick()
+    assert f"category_weight: {settings.category_weight}" in full
+    assert "category_weight: 0.0" in plain
+    for hparams in (full, plain):
+        assert f"num_clones: {settings.num_clones}" in hparams
+        assert f"lr: {settings.lr}" in hparams
+    assert results["probe"]["batch_size"] == settings.probe_batch_size
+
+
+def test_quick_demo_on_ravdess(tmp_path: Path) -> None:
+    """`emotion-ssl demo --corpus ravdess --root PATH` on the real RAVDESS speech clips: actors of
+    folds 1-3 labelled, fold 4's six actors held out for the probe."""
+    from tests.conftest import SHARED, require_shared
+
+    root = require_shared(SHARED / "data" / "ravdess")
+    out = tmp_path / "demo_out"
+    args = ["demo", "--quick", "--corpus", "ravdess", "--root", str(root), "--out", str(out)]
+    assert main(args) == 0
+    results = json.loads((out / "evaluation" / "results.json").read_text())
+    assert results["folds"] == ["4"] and results["fold_field"] == "fold"
+    assert len(results["labels"]) == 8  # the 8 RAVDESS categories
+    # 24 actors x 60 clips; fold 4 holds 6 actors = 360 clips
+    full = results["feature_sets"]["pretrained (full objective)"]
+    assert full["folds"]["4"]["n_test"] == 360
+    assert "RAVDESS (1440 clips, 24 actors)" in (out / "report.md").read_text()
+    assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"

@@ -3,6 +3,7 @@
 from emotion_ssl.losses.contrastive import (
     ProjectionHead,
     PrototypeBank,
+    centred_unit,
     supervised_contrastive_loss,
 )
 from emotion_ssl.losses.frame import frame_loss
@@ -27,6 +28,7 @@ __all__ = [
     "PrototypeBank",
     "ProjectionHead",
     "TrainingCollapsedError",
+    "centred_unit",
     "feature_std",
     "frame_loss",
     "frame_targets",

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from emotion_ssl.losses.contrastive import (
     ProjectionHead,
     PrototypeBank,
+    centred_unit,
     gather_no_grad,
     gather_with_grad,
     supervised_contrastive_loss,
@@ -89,6 +90,8 @@ class PretrainObjective(nn.Module):
         num_classes: labelled emotion classes (needed for pseudo-labels).
         temperature: SupCon temperature.
         projection_dim: output size of the projection head.
+        batch_centring: subtract the global batch's mean projection before normalising
+            (`centred_unit`; ours, measured in docs/pretraining.md); False = SPEC's plain form.
         pseudo_labels: let confident unlabelled clones join with prototype pseudo-labels.
         pseudo_label_threshold, pseudo_label_warmup_steps, prototype_momentum: their settings.
     """
@@ -109,6 +112,7 @@ class PretrainObjective(nn.Module):
         pseudo_label_threshold: float = 0.8,
         pseudo_label_warmup_steps: int = 1000,
         prototype_momentum: float = 0.99,
+        batch_centring: bool = True,
     ) -> None:
         super().__init__()
         self.utterance_weight = utterance_weight
@@ -118,6 +122,7 @@ class PretrainObjective(nn.Module):
         self.category_weight = category_weight
         self.category_ramp_steps = category_ramp_steps
         self.temperature = temperature
+        self.batch_centring = batch_centring
         self.head: ProjectionHead | None = None
         self.prototypes: PrototypeBank | None = None
         if category_weight > 0:
@@ -178,7 +183,10 @@ class PretrainObjective(nn.Module):
         num_anchors = torch.zeros((), dtype=torch.long, device=prediction.device)
         num_pseudo = torch.zeros((), dtype=torch.long, device=prediction.device)
         if self.head is not None:
-            embeddings = gather_with_grad(self.head(tokens.mean(dim=1)))  # (R_global, P)
+            if self.batch_centring:  # (R_global, P)
+                embeddings = centred_unit(gather_with_grad(self.head.project(tokens.mean(dim=1))))
+            else:
+                embeddings = gather_with_grad(self.head(tokens.mean(dim=1)))
             clone_labels = gather_no_grad(labels.repeat_interleave(C, dim=0))
             if self.prototypes is not None:
                 self.prototypes.update(embeddings, clone_labels)

@@ -112,7 +112,8 @@ class PretrainSystem(L.LightningModule):
         top_k: teacher blocks averaged into the targets (the top ones).
         utterance_weight, utterance_variant, utterance_mode: the utterance-level loss.
         category_weight, category_ramp_steps, num_classes, temperature, pseudo_labels,
-            pseudo_label_threshold, pseudo_label_warmup_steps: the category-level term.
+            pseudo_label_threshold, pseudo_label_warmup_steps, category_batch_centring: the
+            category-level term (`PretrainObjective`).
         ema_decay, ema_end_decay, ema_anneal_steps: teacher decay schedule (linear rise).
         lr, betas, eps, weight_decay, warmup_steps: AdamW with linear warm-up then cosine
             decay to 0 at the trainer's last step.
@@ -151,6 +152,7 @@ class PretrainSystem(L.LightningModule):
         pseudo_labels: bool = False,
         pseudo_label_threshold: float = 0.8,
         pseudo_label_warmup_steps: int = 1000,
+        category_batch_centring: bool = True,
         ema_decay: float = 0.999,
         ema_end_decay: float = 0.99999,
         ema_anneal_steps: int = 20_000,
@@ -190,6 +192,7 @@ class PretrainSystem(L.LightningModule):
             pseudo_labels=pseudo_labels,
             pseudo_label_threshold=pseudo_label_threshold,
             pseudo_label_warmup_steps=pseudo_label_warmup_steps,
+            batch_centring=category_batch_centring,
         )
         self.guard = CollapseGuard(collapse_after_steps, min_target_std, min_prediction_std)
         self.num_clones = num_clones

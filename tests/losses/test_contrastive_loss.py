@@ -8,7 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from emotion_ssl.losses import ProjectionHead, PrototypeBank, supervised_contrastive_loss
+from emotion_ssl.losses import (
+    ProjectionHead,
+    PrototypeBank,
+    centred_unit,
+    supervised_contrastive_loss,
+)
 
 torch.set_num_threads(1)
 
@@ -118,6 +123,50 @@ def test_projection_head_low_precision_input_gives_fp32() -> None:
     out = head(torch.randn(3, 8, dtype=torch.bfloat16))
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.norm(dim=-1), torch.ones(3))
+
+
+def test_projection_head_forward_is_its_projection_normalised() -> None:
+    torch.manual_seed(0)
+    head = ProjectionHead(8, out_dim=4)
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(head(x), F.normalize(head.project(x), dim=-1))
+
+
+# ------------------------------------------------------------------ batch centring
+def test_centred_unit_by_hand() -> None:
+    z = torch.tensor([[1.0, 0.0], [3.0, 0.0], [2.0, 2.0]])
+    # batch mean (2, 2/3): centred rows (-1, -2/3), (1, -2/3), (0, 4/3)
+    norm = math.sqrt(1 + 4 / 9)
+    expected = torch.tensor([[-1 / norm, -2 / 3 / norm], [1 / norm, -2 / 3 / norm], [0.0, 1.0]])
+    torch.testing.assert_close(centred_unit(z), expected)
+    assert centred_unit(z.to(torch.bfloat16)).dtype == torch.float32
+
+
+def test_centring_lets_supcon_see_nearly_collinear_embeddings() -> None:
+    # what utterance tokens look like in practice: one shared direction, the classes only in
+    # a 0.1% difference (cosine 0.999999 between classes)
+    shared = torch.tensor([1.0, 0.0])
+    offsets = torch.tensor([[0.0, 1.0], [0.0, 1.0], [0.0, -1.0], [0.0, -1.0]])
+    z = shared + 1e-3 * offsets
+    labels = torch.tensor([0, 0, 1, 1])
+    t = 0.5
+    plain, _ = supervised_contrastive_loss(F.normalize(z, dim=-1), labels, t)
+    assert plain.item() == pytest.approx(math.log(3), abs=1e-4)  # no signal: log(N - 1)
+    centred, _ = supervised_contrastive_loss(centred_unit(z), labels, t)
+    # centred rows are exactly +-e2: positive similarity 1, the two negatives -1
+    by_hand = -(1 / t - math.log(math.exp(1 / t) + 2 * math.exp(-1 / t)))
+    assert centred.item() == pytest.approx(by_hand, rel=1e-5)
+    # and a gradient that can move them is there only with centring (random small offsets)
+    offsets = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    z = torch.tensor([1.0, 0.0, 0.0]) + 1e-3 * offsets
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    grads = []
+    for transform in (lambda x: F.normalize(x, dim=-1), centred_unit):
+        x = z.clone().requires_grad_(True)
+        supervised_contrastive_loss(transform(x), labels, t)[0].backward()
+        assert x.grad is not None
+        grads.append(x.grad.norm().item())
+    assert grads[1] > 100 * grads[0]
 
 
 # ------------------------------------------------------------------ prototypes

@@ -7,14 +7,17 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from emotion_ssl.losses import (
     CollapseGuard,
     LossOutput,
     PretrainObjective,
     TrainingCollapsedError,
+    centred_unit,
     feature_std,
     frame_targets,
+    supervised_contrastive_loss,
 )
 
 torch.set_num_threads(1)
@@ -174,6 +177,27 @@ def test_no_label_batch_works_unchanged() -> None:
     # the head is in the graph (DDP needs every parameter used) but gets no gradient
     assert objective.head.fc1.weight.grad is not None
     assert torch.equal(objective.head.fc1.weight.grad, torch.zeros(D, D))
+
+
+@pytest.mark.parametrize("centring", [True, False])
+def test_category_embedding_is_the_projected_token_mean(centring: bool) -> None:
+    torch.manual_seed(0)
+    objective = PretrainObjective(
+        D, top_k=2, category_weight=1.0, category_ramp_steps=0, projection_dim=3,
+        batch_centring=centring,
+    )  # fmt: skip
+    inputs = _inputs()
+    inputs.tokens = torch.randn(R, E, D)  # rows that differ
+    out = inputs.call(objective, labels=[0, 1], step=0)
+    assert objective.head is not None
+    projected = objective.head.project(inputs.tokens.mean(dim=1))
+    embeddings = centred_unit(projected) if centring else F.normalize(projected, dim=-1)
+    expected, _ = supervised_contrastive_loss(embeddings, torch.tensor([0, 0, 1, 1]), 0.1)
+    assert out.category.item() == pytest.approx(expected.item(), rel=1e-6)
+    other = centred_unit(projected) if not centring else F.normalize(projected, dim=-1)
+    assert out.category.item() != pytest.approx(
+        supervised_contrastive_loss(other, torch.tensor([0, 0, 1, 1]), 0.1)[0].item(), rel=1e-3
+    )
 
 
 def test_category_term_disabled() -> None:
