@@ -87,9 +87,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="/tmp/emotion_ssl_category_term")
     parser.add_argument("--steps", type=int, default=demo.DemoSettings.steps)
     parser.add_argument("--record", action="store_true", help="append the table to RESULTS.md")
+    parser.add_argument("--quick", action="store_true", help="the demo's seconds-long settings")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    settings = dataclasses.replace(demo.DemoSettings(), steps=args.steps)
+    base = demo.DemoSettings.quick() if args.quick else demo.DemoSettings()
+    settings = dataclasses.replace(base, steps=args.steps if not args.quick else base.steps)
     start = time.perf_counter()
     data = demo.synthetic_data(out, settings)
     encoders: dict[str, str] = {}

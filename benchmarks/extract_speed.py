@@ -15,8 +15,9 @@ Modes:
 - one at a time: `encoder(clip[None])` per clip under `torch.no_grad()`, `--threads` threads;
 - batched (X s batches): `FeatureExtractor.extract` (length-sorted batches of at most X s of
   padded audio, padding-exact), `--threads` threads; one mode per `--batch-seconds` value;
-- batched, W workers x 1 thread: the length-sorted clips dealt round-robin to W Python threads,
-  each running `FeatureExtractor.extract` with one intra-op thread (torch releases the GIL);
+- batched, W workers x 1 thread: `ExtractConfig(workers=W)` (`emotion-ssl extract --workers W`):
+  the length-sorted batches dealt round-robin to W threads with one intra-op thread each
+  (torch releases the GIL);
 - one at a time, W workers x 1 thread: the same threading without batching, to separate the
   two effects;
 - with `--bf16`: bf16 autocast batches, for information only (their outputs are not within
@@ -158,9 +159,14 @@ def main() -> None:
     w = args.workers
     for b, extractor in extractors.items():
         modes[f"batched ({b:g} s batches)"] = lambda e=extractor: e.extract(clips)
-        if device.type == "cpu" and w > 1:
-            modes[f"batched ({b:g} s batches), {w} workers x 1 thread"] = lambda e=extractor: (
-                in_workers(e.extract, clips, w)
+        if device.type == "cpu" and w > 1:  # the library's own worker threads
+            threaded = FeatureExtractor(
+                encoder,
+                ExtractConfig(outputs=("frames", "utterance"), batch_seconds=b, workers=w),
+                device,
+            )
+            modes[f"batched ({b:g} s batches), {w} workers x 1 thread"] = lambda e=threaded: (
+                e.extract(clips)
             )
     if args.bf16:
         b = args.batch_seconds[0]

@@ -82,11 +82,12 @@ def supervised_contrastive_loss(
     num_pos = positives.sum(dim=1)  # (N,)
     anchors = num_pos > 0
     num_anchors = anchors.sum()
-    if not bool(anchors.any()):
+    if N < 2:  # a shape, known on the host; with N >= 2 every row has a finite logit
         return z.sum() * 0.0, num_anchors
+    # no boolean indexing and no `if anchors.any()`: both would read the device back
     pos_log_prob = log_prob.masked_fill(~positives, 0.0).sum(dim=1)  # diag excluded: no -inf
-    per_anchor = -pos_log_prob[anchors] / num_pos[anchors]
-    return per_anchor.mean(), num_anchors
+    per_row = torch.where(anchors, -pos_log_prob / num_pos.clamp_min(1), 0.0)
+    return per_row.sum() / num_anchors.clamp_min(1), num_anchors
 
 
 class PrototypeBank(nn.Module):

@@ -199,8 +199,8 @@ class PretrainObjective(nn.Module):
 
         total = loss_frame + self.utterance_weight * loss_utt + gamma * loss_cat
         with torch.no_grad():
-            target_std = feature_std(target_c[mask])
-            prediction_std = feature_std(prediction[mask])
+            target_std = feature_std(target_c, mask)
+            prediction_std = feature_std(prediction, mask)
         return LossOutput(
             total=total,
             frame=loss_frame,

@@ -82,12 +82,22 @@ def utterance_target(
     raise ValueError(f"unknown utterance target mode {mode!r}; use 'code_faithful' or 'layer_norm'")
 
 
-def feature_std(x: Tensor) -> Tensor:
-    """Mean over channels of the per-channel std across rows: x (N, D) -> scalar.
+def feature_std(x: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean over channels of the per-channel std across rows -> scalar fp32.
 
-    The reference's `compute_var` (sqrt(var + 1e-6)), used for logging and the collapse guard.
+    x: (N, D); or x: (..., D) with mask (...) bool: the rows where mask is True, selected with
+    `torch.where` instead of boolean indexing (no device synchronisation). The reference's
+    `compute_var` (sqrt(var + 1e-6), unbiased variance), used for logging and the collapse
+    guard; fewer than two rows give 0.
     """
     x = x.float()
-    if x.size(0) < 2:
-        return x.new_zeros(())
-    return torch.sqrt(x.var(dim=0) + 1e-6).mean()
+    if mask is None:
+        if x.size(0) < 2:
+            return x.new_zeros(())
+        return torch.sqrt(x.var(dim=0) + 1e-6).mean()
+    rows = tuple(range(mask.dim()))
+    chosen = mask.unsqueeze(-1)
+    n = mask.sum()
+    mean = torch.where(chosen, x, 0.0).sum(dim=rows) / n.clamp_min(1)
+    var = torch.where(chosen, (x - mean).pow(2), 0.0).sum(dim=rows) / (n - 1).clamp_min(1)
+    return torch.where(n >= 2, torch.sqrt(var + 1e-6).mean(), 0.0)

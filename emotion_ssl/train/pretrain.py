@@ -120,6 +120,9 @@ class PretrainSystem(L.LightningModule):
         collapse_after_steps, min_target_std, min_prediction_std, collapse_check_every:
             the collapse guard (checked every `collapse_check_every` updates).
         max_nonfinite_in_row: consecutive non-finite losses tolerated (each skips its update).
+            With a fused optimizer (GPU; CPU without bf16-mixed + clipping) the skip happens on
+            the device and the counts are read every `collapse_check_every` updates, so the
+            run stops at the first check after the limit is reached.
         seed: base of every per-step random choice (masks, noise, dropout), so a resumed run
             repeats an uninterrupted one exactly.
         init_from: start from pretrained weights: an emotion-ssl encoder folder, a fairseq
@@ -210,6 +213,7 @@ class PretrainSystem(L.LightningModule):
         self.init_from = init_from
         self._nonfinite_in_row = 0
         self.nonfinite_skipped = 0
+        self._nonfinite_counts: Tensor | None = None  # run, longest run, total (device)
         self._last_batch_end: float | None = None
         self.student.context.activation_checkpointing = activation_checkpointing
         if compile:
@@ -359,8 +363,15 @@ class PretrainSystem(L.LightningModule):
         generator = self._seed_step(batch_idx)
         out = self.forward_step(batch.waveforms, batch.lengths, batch.labels, None, generator)
         losses = out.losses
+        step = self.global_step
 
-        if not bool(torch.isfinite(losses.total)):
+        finite = torch.isfinite(losses.total)
+        if self._skip_on_device(finite, batch_idx):
+            # no host read: the fused optimizer skips a non-finite update on the device
+            # (`found_inf`), and the run/total counters are read every collapse_check_every
+            if step % self.collapse_check_every == 0:
+                self._check_nonfinite_counts(step)
+        elif not bool(finite):  # other optimizers: read the loss back and skip here
             self._nonfinite_in_row += 1
             self.nonfinite_skipped += 1
             self.log("train/nonfinite_skipped", float(self.nonfinite_skipped))
@@ -371,9 +382,9 @@ class PretrainSystem(L.LightningModule):
                     f"category={losses.category}); lower the learning rate or check the data"
                 )
             return None  # skips backward and this update
-        self._nonfinite_in_row = 0
+        else:
+            self._nonfinite_in_row = 0
 
-        step = self.global_step
         if step % self.collapse_check_every == 0:
             self.guard.check(step, float(losses.target_std), float(losses.prediction_std))
 
@@ -396,6 +407,48 @@ class PretrainSystem(L.LightningModule):
         )
         self._audio_seconds = batch.lengths.sum() / 16000.0
         return losses.total
+
+    def _skip_on_device(self, finite: Tensor, batch_idx: int) -> bool:
+        """With a fused optimizer (it accepts `found_inf`, as under AMP's GradScaler), hand it
+        "this update is not finite" as a device tensor and count on the device; the step then
+        never waits for the loss. Returns False where that is not possible (no trainer, or a
+        non-fused optimizer: bf16-mixed with clipping on CPU)."""
+        trainer = self._trainer
+        if trainer is None or not trainer.optimizers:
+            return False
+        optimizer = trainer.optimizers[0]
+        if not (
+            optimizer.defaults.get("fused")
+            and getattr(optimizer, "_step_supports_amp_scaling", False)
+        ):
+            return False
+        bad = (~finite).to(torch.float32)
+        previous = getattr(optimizer, "found_inf", None)
+        first_of_window = batch_idx % trainer.accumulate_grad_batches == 0
+        flag = bad if first_of_window or previous is None else previous.maximum(bad)
+        optimizer.found_inf = flag  # type: ignore[attr-defined]  # read by fused AdamW.step
+        if self._nonfinite_counts is None or self._nonfinite_counts.device != finite.device:
+            self._nonfinite_counts = torch.zeros(3, dtype=torch.long, device=finite.device)
+        run, worst, total = self._nonfinite_counts.unbind()
+        run = torch.where(finite, 0, run + 1)
+        self._nonfinite_counts = torch.stack([run, worst.maximum(run), total + (~finite).long()])
+        self.log("train/nonfinite_skipped", self._nonfinite_counts[2].float())
+        return True
+
+    def _check_nonfinite_counts(self, step: int) -> None:
+        """The periodic host read of the device-side non-finite counters."""
+        if self._nonfinite_counts is None:
+            return
+        _, worst, total = (int(v) for v in self._nonfinite_counts.tolist())
+        self.nonfinite_skipped = total
+        if worst >= self.max_nonfinite_in_row:
+            raise NonFiniteLossError(
+                f"{worst} consecutive non-finite losses by step {step} (their updates were "
+                "skipped); lower the learning rate or check the data"
+            )
+
+    def on_train_end(self) -> None:
+        self._check_nonfinite_counts(self.global_step)
 
     def validation_step(self, batch: AudioBatch, batch_idx: int) -> Tensor:
         # fixed masks per batch: validation losses are comparable across the run

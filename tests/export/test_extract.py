@@ -55,6 +55,33 @@ def test_batched_equals_one_at_a_time(encoder: EmotionEncoder, layer: int) -> No
             assert np.abs(got[name] - want[name]).max() <= 1e-5, name
 
 
+def test_worker_threads_give_the_same_features(encoder: EmotionEncoder) -> None:
+    audio = recordings([16000, 5000, 23456, 9100, 48000, 1200, 7000, 30000])
+    threads = torch.get_num_threads()
+    plain = FeatureExtractor(encoder, ExtractConfig(batch_seconds=2.0)).extract(audio)
+    threaded = FeatureExtractor(encoder, ExtractConfig(batch_seconds=2.0, workers=3))
+    assert (
+        len(
+            list(
+                threaded._batches(
+                    [s for i, a in enumerate(audio) for s in threaded._segments(i, a)]
+                )
+            )
+        )
+        > 3
+    )
+    got = threaded.extract(audio)
+    assert torch.get_num_threads() == threads  # restored
+    for g, p, clip in zip(got, plain, audio, strict=True):
+        want = one_at_a_time(encoder, clip)
+        for name in ("frames", "utterance", "tokens"):
+            assert g[name].shape == want[name].shape
+            assert np.abs(g[name] - want[name]).max() <= 1e-5, name
+            assert np.abs(g[name] - p[name]).max() <= 1e-5, name
+    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
+        ExtractConfig(workers=0)
+
+
 def test_chunked_sixty_seconds_matches_whole_file_away_from_seams(encoder: EmotionEncoder) -> None:
     """Chunks of 20 s with 4 s overlap: seams (cuts) at 18, 34 and 50 s. docs/downstream.md
     documents the tolerance (per-frame relative error <= 3%) and the numbers printed here."""
@@ -191,6 +218,7 @@ def test_cli_extract_refuses_other_settings_in_the_same_folder(
     assert main(base) == 0
     with pytest.raises(ValueError, match="extracted with other settings"):
         main([*base, "--layer", "0"])
+    assert main([*base, "--workers", "2"]) == 0  # speed only: the same folder resumes
 
 
 def _read(manifest: Path, i: int) -> np.ndarray:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
 from emotion_ssl.losses import frame_loss
@@ -35,6 +38,28 @@ def test_unmasked_frames_do_not_matter() -> None:
     garbage = prediction.clone()
     garbage[~mask] = 1e6
     assert torch.equal(frame_loss(garbage, target, mask), reference)
+
+
+def test_non_finite_unmasked_frames_get_zero_gradient() -> None:
+    # padding or anything else outside the mask may hold inf/NaN: the loss and the gradient
+    # of the masked frames stay finite and the others get exactly 0
+    prediction = torch.zeros(1, 3, 2, requires_grad=True)
+    target = torch.tensor([[[1.0, 1.0], [float("nan"), 0.0], [float("inf"), 0.0]]])
+    mask = torch.tensor([[True, False, False]])
+    loss = frame_loss(prediction, target, mask)
+    assert loss.item() == pytest.approx(2.0 / math.sqrt(2))
+    loss.backward()
+    assert prediction.grad is not None
+    assert torch.equal(prediction.grad[0, 1:], torch.zeros(2, 2))
+    assert torch.isfinite(prediction.grad).all()
+
+
+def test_no_masked_frame_gives_zero_connected_to_the_graph() -> None:
+    prediction = torch.randn(2, 3, 4, requires_grad=True)
+    loss = frame_loss(prediction, torch.randn(2, 3, 4), torch.zeros(2, 3, dtype=torch.bool))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert prediction.grad is not None and torch.equal(prediction.grad, torch.zeros(2, 3, 4))
 
 
 def test_gradient_by_hand() -> None:

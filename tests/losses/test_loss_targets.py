@@ -207,6 +207,19 @@ def test_feature_std_of_constant_and_single_rows() -> None:
     assert feature_std(torch.randn(4, 3).half()).dtype == torch.float32
 
 
+def test_feature_std_over_masked_rows_equals_selecting_them() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 7, 5, generator=g) * 3 + 1
+    mask = torch.rand(3, 7, generator=g) > 0.5
+    torch.testing.assert_close(feature_std(x, mask), feature_std(x[mask]))
+    x[~mask] = float("nan")  # what is not selected does not matter
+    torch.testing.assert_close(feature_std(x, mask), feature_std(x[mask]))
+    one = torch.zeros(3, 7, dtype=torch.bool)
+    one[1, 2] = True
+    assert feature_std(x, one).item() == 0.0  # fewer than two rows, as without a mask
+    assert feature_std(x, torch.zeros_like(one)).item() == 0.0
+
+
 def test_non_finite_padding_does_not_reach_valid_frames() -> None:
     """Padding is removed with masked_fill, so inf/NaN there cannot poison the statistics."""
     torch.manual_seed(0)

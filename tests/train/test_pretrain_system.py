@@ -171,3 +171,109 @@ def test_bf16_mixed_steps_keep_an_fp32_teacher(tmp_path: Path) -> None:
     assert trainer.global_step == 2
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     assert all(p.dtype == torch.float32 for p in system.teacher.parameters())
+
+
+class _NaNAt(_Clips):
+    """Clips whose batch `bad` (batch size 2) is all NaN."""
+
+    def __init__(self, n: int, bad: set[int]) -> None:
+        super().__init__(n)
+        for b in bad:
+            for i in (2 * b, 2 * b + 1):
+                self.waves[i] = torch.full_like(self.waves[i], float("nan"))
+
+
+class _Snapshots(L.Callback):
+    def __init__(self) -> None:
+        self.params: list[torch.Tensor] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+        self.params.append(torch.nn.utils.parameters_to_vector(pl_module.student.parameters()))
+
+
+def _fit(system: PretrainSystem, data: _Clips, steps: int, *callbacks: L.Callback) -> L.Trainer:
+    trainer = L.Trainer(
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        gradient_clip_val=1.0,
+        callbacks=list(callbacks),
+    )
+    trainer.fit(system, DataLoader(data, batch_size=2, collate_fn=_collate))
+    return trainer
+
+
+def test_nonfinite_update_is_skipped_on_the_device_by_the_fused_optimizer() -> None:
+    system = tiny_system(max_nonfinite_in_row=3, collapse_check_every=1)
+    snapshots = _Snapshots()
+    trainer = _fit(system, _NaNAt(8, bad={1}), 4, snapshots)
+    optimizer = trainer.optimizers[0]
+    assert optimizer.defaults["fused"]  # fp32 with clipping: the sync-free path
+    # the NaN batch changed nothing; the finite batches around it did
+    assert torch.equal(snapshots.params[1], snapshots.params[0])
+    assert not torch.equal(snapshots.params[2], snapshots.params[1])
+    assert all(bool(torch.isfinite(p).all()) for p in snapshots.params)
+    # AdamW's step count ignores the skipped update; the counters saw it
+    state_steps = {float(s["step"]) for s in optimizer.state.values()}
+    assert state_steps == {3.0}
+    assert system.nonfinite_skipped == 1
+
+
+def test_nonfinite_losses_in_a_row_stop_at_the_next_check() -> None:
+    # NaN batches at steps 1 and 2; counts are read at steps 0, 2, 4...: step 2 sees the run
+    system = tiny_system(max_nonfinite_in_row=2, collapse_check_every=2)
+    with pytest.raises(NonFiniteLossError, match="2 consecutive non-finite losses by step 2"):
+        _fit(system, _NaNAt(12, bad={1, 2}), 6)
+
+
+def test_training_step_never_waits_for_the_device() -> None:
+    """No `.item()`/`bool(tensor)` (aten._local_scalar_dense), `nonzero` or boolean-mask
+    indexing in the losses or the training step: on a GPU each would stall the step until the
+    device catches up. Recorded with a dispatch mode over whole steps (forward, backward,
+    optimizer, EMA) on the sync-free path; the model's own scalar reads are of host tensors
+    (lengths stay on the host, layerdrop draws on the CPU generator) and are left out."""
+    import collections
+    import traceback
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Recorder(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.where: collections.Counter[str] = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            name = str(func)
+            indices = args[1] if name.startswith("aten.index") and len(args) > 1 else ()
+            boolean = any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                for i in (indices if isinstance(indices, (list, tuple)) else ())
+            )
+            if boolean or "nonzero" in name or "masked_select" in name or "_local_scalar" in name:
+                ours = [
+                    f"{f.filename.split('emotion_ssl/')[-1]}:{f.lineno}"
+                    for f in traceback.extract_stack()
+                    if "/emotion_ssl/" in f.filename
+                ]
+                if ours and not ours[-1].startswith("models/"):
+                    self.where[f"{name} at {ours[-1]}"] += 1
+            return func(*args, **(kwargs or {}))
+
+    recorder = Recorder()
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+            if trainer.global_step > 0:  # step 0 is a periodic check step
+                recorder.__enter__()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+            if trainer.global_step > 1:
+                recorder.__exit__(None, None, None)
+
+    system = tiny_system(
+        category_weight=1.0, num_classes=2, category_ramp_steps=0, collapse_check_every=1000
+    )
+    data = _Clips(8)
+    _fit(system, data, 3, Record())
+    assert not recorder.where, dict(recorder.where)

@@ -1,0 +1,67 @@
+"""Every benchmark script named in the docs runs (seconds-long settings, nothing recorded) and
+prints its table, so a command in docs/performance.md or benchmarks/RESULTS.md cannot rot."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import GOLDEN, require_shared
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(script: str, *args: str, tmp_path: Path) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    before = (REPO / "benchmarks" / "RESULTS.md").read_text()
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (REPO / "benchmarks" / "RESULTS.md").read_text() == before  # nothing recorded
+    return done.stdout
+
+
+def test_pretrain_throughput(tmp_path: Path) -> None:
+    out = run(
+        "pretrain_throughput.py", "--config", "tiny", "--batch-size", "2", "--clip-seconds", "1",
+        "--clones", "2", "--steps", "1", "--warmup", "1", "--profile-steps", "1", "--threads", "1",
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    assert "| config |" in out and "| tiny |" in out and "audio" in out
+
+
+def test_extract_speed(tmp_path: Path) -> None:
+    out = run(
+        "extract_speed.py", "--clips", "2", "--min-seconds", "1", "--max-seconds", "1.5",
+        "--repeats", "1", "--batch-seconds", "2", "--threads", "1", "--workers", "2",
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    assert "| one at a time |" in out
+    assert "| batched (2 s batches), 2 workers x 1 thread |" in out
+
+
+def test_data_pipeline(tmp_path: Path) -> None:
+    out = run(
+        "data_pipeline.py", "--files", "8", "--workers", "1", "--repeats", "1", tmp_path=tmp_path
+    )
+    assert "|" in out
+
+
+def test_category_term_quick(tmp_path: Path) -> None:
+    out = run("category_term.py", "--quick", "--out", str(tmp_path / "ct"), tmp_path=tmp_path)
+    for row in ("category term, batch-centred (default)", "no category term", "random-init"):
+        assert f"| {row} |" in out
+
+
+def test_golden_parity(tmp_path: Path) -> None:
+    require_shared(GOLDEN)
+    out = run("golden_parity.py", tmp_path=tmp_path)
+    assert "max" in out.lower()
