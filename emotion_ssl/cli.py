@@ -265,7 +265,7 @@ def extract(args: list[str]) -> None:
         type=int,
         default=1,
         help="CPU: threads that each encode whole batches with one torch thread "
-        "(2 with --batch-seconds 10 measured 1.2x on 2 cores; docs/performance.md)",
+        "(2 with 10 s batches measured 1.14-1.2x one worker on 2 cores; docs/performance.md)",
     )
     parser.add_argument("--chunk-seconds", type=float, default=30.0)
     parser.add_argument("--overlap-seconds", type=float, default=4.0)

@@ -51,13 +51,13 @@ class ExtractConfig:
         blocks; -1 = the final block).
     outputs: any of "frames", "utterance", "tokens".
     batch_seconds: padded audio per batch; None = 160 s on a GPU, 10 s on a CPU, where large
-        batches only add cache misses (2 cores, base encoder: 160 s batches ran at 0.77x the
-        speed of one clip at a time, 10 s batches at 1.02x; benchmarks/extract_speed.py).
+        batches only add cache misses (2 cores, base encoder: 160 s batches ran at 0.77-0.86x the
+        speed of one clip at a time, 10 s batches at 1.02-1.06x; benchmarks/extract_speed.py).
     chunk_seconds, overlap_seconds: recordings longer than chunk_seconds are cut into chunks.
     dtype: "float32" or "bfloat16" (autocast; float32 is exact).
     workers: on a CPU, deal the batches to this many threads that each run one torch thread
         (torch releases the GIL), instead of one batch at a time over all threads. Same
-        outputs; on 2 cores, 2 workers with 10 s batches measured 1.2x the default
+        outputs; on 2 cores, 2 workers with 10 s batches measured 1.14-1.2x one worker
         (benchmarks/extract_speed.py). Ignored on a GPU.
     batch_seconds and workers change the speed, not the features (within 1e-5): an extraction
     folder may be resumed with other values.
