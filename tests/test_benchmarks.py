@@ -65,3 +65,27 @@ def test_golden_parity(tmp_path: Path) -> None:
     require_shared(GOLDEN)
     out = run("golden_parity.py", tmp_path=tmp_path)
     assert "max" in out.lower()
+
+
+def test_gpu_session_script_on_the_cpu(tmp_path: Path) -> None:
+    """benchmarks/gpu_session.sh, prepared for a lent GPU, runs end to end (tiny, CPU)."""
+    before = (REPO / "benchmarks" / "RESULTS.md").read_text()
+    env = {
+        **os.environ,
+        "DEVICE": "cpu", "CONFIG": "tiny", "BATCHES": "2", "CLIP": "1", "STEPS": "1",
+        "PRECISION": "32-true", "CLIPS": "2", "COMPILE": "0", "RECORD": "",
+        "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+    }  # fmt: skip
+    done = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_session.sh")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (REPO / "benchmarks" / "RESULTS.md").read_text() == before
+    assert "| tiny |" in (tmp_path / "pretrain.txt").read_text()
+    assert "| one at a time |" in (tmp_path / "extract.txt").read_text()
+    assert "torch" in (tmp_path / "device.txt").read_text()
