@@ -15,8 +15,8 @@ MFCC statistics beside them. For each run it also prints the mean category loss 
 updates and the spread of the utterance vectors across clips (mean over dimensions of the
 standard deviation of the held-out clips' mean-pooled final-block frames; a collapsed
 representation shows a small spread) and the mean cosine similarity between the utterance-token
-means of different held-out clips, the category head's input (near 1: nearly collinear). One seed: with 160 held-out clips a UA has a standard error
-of about 4 points.
+means of different held-out clips, the category head's input (near 1: nearly collinear).
+One seed: with 160 held-out clips a UA has a standard error of about 4 points.
 """
 
 from __future__ import annotations
@@ -39,11 +39,9 @@ from benchmarks.pretrain_throughput import append_results, cpu_name  # noqa: E40
 from emotion_ssl import EmotionEncoder, EncoderConfig, demo  # noqa: E402
 from emotion_ssl.cli import export as export_command  # noqa: E402
 from emotion_ssl.data.audio import load_audio  # noqa: E402
-from emotion_ssl.data.manifest import read_manifest  # noqa: E402
 from emotion_ssl.export.extract import read_features  # noqa: E402
 from emotion_ssl.export.frozen import load_encoder  # noqa: E402
-from emotion_ssl.train.evaluate import evaluate, slug  # noqa: E402
-from emotion_ssl.train.probe import ProbeConfig  # noqa: E402
+from emotion_ssl.train.evaluate import slug  # noqa: E402
 
 RUNS = {
     "category term, batch-centred (default)": ("centred", True, True),
@@ -104,22 +102,8 @@ def main(argv: list[str] | None = None) -> None:
         export_command([str(ckpt), str(target)])
         encoders[name] = str(target)
         losses[name] = last_category_loss(ckpt.parent.parent) if category else float("nan")
-    first, *rest = RUNS
-    results = evaluate(
-        encoders[first],
-        data.evaluation,
-        out / "evaluation",
-        folds=[data.test_fold],
-        fold_field=data.fold_field,
-        probe=ProbeConfig(epochs=settings.probe_epochs, batch_size=settings.probe_batch_size),
-        labels=data.labels,
-        progress=False,
-        extra_encoders={name: encoders[name] for name in rest},
-        encoder_name=first,
-    )
-    test_entries = [
-        e for e in read_manifest(data.evaluation) if str(e.extra[data.fold_field]) == data.test_fold
-    ]
+    results = demo.probe(data, out / "evaluation", settings, encoders, progress=False)
+    test_entries = demo.held_out(data)
     test_keys = [e.key for e in test_entries]
     clips = [load_audio(e.path) for e in test_entries[:: max(1, len(test_entries) // 40)]]
     torch.manual_seed(0)

@@ -176,6 +176,40 @@ def pretrain_run(
     return run_dir / "checkpoints" / "last.ckpt"
 
 
+def held_out(data: DemoData) -> list[ManifestEntry]:
+    """The probe's test clips (held-out speakers)."""
+    return [
+        e for e in read_manifest(data.evaluation) if str(e.extra[data.fold_field]) == data.test_fold
+    ]
+
+
+def probe(
+    data: DemoData,
+    out: Path,
+    settings: DemoSettings,
+    encoders: dict[str, str],
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The demo's linear probe on held-out speakers for `encoders` (name -> folder; the first
+    is the main one), with the random-init encoder and MFCC statistics beside them."""
+    from emotion_ssl.train.evaluate import evaluate
+    from emotion_ssl.train.probe import ProbeConfig
+
+    (first, path), *rest = encoders.items()
+    return evaluate(
+        path,
+        data.evaluation,
+        out,
+        folds=[data.test_fold],
+        fold_field=data.fold_field,
+        probe=ProbeConfig(epochs=settings.probe_epochs, batch_size=settings.probe_batch_size),
+        labels=data.labels,
+        progress=progress,
+        extra_encoders=dict(rest),
+        encoder_name=first,
+    )
+
+
 def project_embeddings(
     encoder_dir: Path, entries: list[ManifestEntry], labels: list[str], path: Path, title: str
 ) -> None:
@@ -250,8 +284,7 @@ def run_demo(
     """The whole demo; returns what report.md shows."""
     from emotion_ssl.cli import export as export_command
     from emotion_ssl.cli import extract as extract_command
-    from emotion_ssl.train.evaluate import evaluate, slug
-    from emotion_ssl.train.probe import ProbeConfig
+    from emotion_ssl.train.evaluate import slug
 
     settings = settings or DemoSettings()
     out = Path(out_dir)
@@ -288,18 +321,8 @@ def run_demo(
         target = out / "encoders" / ("full" if name == "full objective" else "no_category")
         export_command([str(ckpt), str(target)])
         encoders[name] = target
-    results = evaluate(
-        str(encoders["full objective"]),
-        data.evaluation,
-        out / "evaluation",
-        folds=[data.test_fold],
-        fold_field=data.fold_field,
-        probe=ProbeConfig(epochs=settings.probe_epochs, batch_size=settings.probe_batch_size),
-        labels=data.labels,
-        progress=True,  # a bar per encoder while the features are extracted
-        extra_encoders={NO_CATEGORY: str(encoders["no category term"])},
-        encoder_name=FULL,
-    )
+    named = {FULL: str(encoders["full objective"]), NO_CATEGORY: str(encoders["no category term"])}
+    results = probe(data, out / "evaluation", settings, named)  # a progress bar per encoder
     timings["evaluation"] = time.perf_counter() - t
 
     _say("4/5 feature extraction for a few files")
@@ -320,12 +343,9 @@ def run_demo(
     timings["extraction"] = time.perf_counter() - t
 
     _say("5/5 report")
-    test_entries = [
-        e for e in read_manifest(data.evaluation) if str(e.extra[data.fold_field]) == data.test_fold
-    ]
     project_embeddings(
         encoders["full objective"],
-        test_entries,
+        held_out(data),
         data.labels,
         out / "embeddings_2d.png",
         "held-out speakers: utterance vectors (PCA)",

@@ -42,7 +42,8 @@ def inline_options() -> list[tuple[str, str, str]]:
     found = []
     for doc in DOCS:
         for span in re.findall(r"`(?:\.venv/bin/)?emotion-ssl ([a-z-]+)([^`]*)`", doc.read_text()):
-            found += [(doc.name, span[0], o) for o in re.findall(r"--[a-z_.-]+", span[1])]
+            options = re.findall(r"--[a-z_.-]+", span[1])
+            found += [(doc.name, span[0], o) for o in options if o != "--help"]
     return found
 
 
