@@ -13,20 +13,24 @@ from tests.conftest import GOLDEN, require_shared
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(script: str, *args: str, tmp_path: Path) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+def run_command(argv: list[str], cwd: Path, **env: str) -> str:
+    """Run argv; it must succeed and leave benchmarks/RESULTS.md as it was (nothing recorded)."""
     before = (REPO / "benchmarks" / "RESULTS.md").read_text()
     done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / script), *args],
-        cwd=tmp_path,
-        env=env,
+        argv,
+        cwd=cwd,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **env},
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (REPO / "benchmarks" / "RESULTS.md").read_text() == before  # nothing recorded
+    assert (REPO / "benchmarks" / "RESULTS.md").read_text() == before
     return done.stdout
+
+
+def run(script: str, *args: str, tmp_path: Path) -> str:
+    return run_command([sys.executable, str(REPO / "benchmarks" / script), *args], tmp_path)
 
 
 def test_pretrain_throughput(tmp_path: Path) -> None:
@@ -69,23 +73,12 @@ def test_golden_parity(tmp_path: Path) -> None:
 
 def test_gpu_session_script_on_the_cpu(tmp_path: Path) -> None:
     """benchmarks/gpu_session.sh, prepared for a lent GPU, runs end to end (tiny, CPU)."""
-    before = (REPO / "benchmarks" / "RESULTS.md").read_text()
-    env = {
-        **os.environ,
+    settings = {
         "DEVICE": "cpu", "CONFIG": "tiny", "BATCHES": "2", "CLIP": "1", "STEPS": "1",
         "PRECISION": "32-true", "CLIPS": "2", "COMPILE": "0", "RECORD": "",
-        "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+        "OUT": str(tmp_path), "PYTHON": sys.executable,
     }  # fmt: skip
-    done = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "gpu_session.sh")],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert (REPO / "benchmarks" / "RESULTS.md").read_text() == before
+    run_command(["bash", str(REPO / "benchmarks" / "gpu_session.sh")], REPO, **settings)
     assert "| tiny |" in (tmp_path / "pretrain.txt").read_text()
     assert "| one at a time |" in (tmp_path / "extract.txt").read_text()
     assert "torch" in (tmp_path / "device.txt").read_text()
