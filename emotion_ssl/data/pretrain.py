@@ -38,6 +38,7 @@ _STREAM_LABELLED_DRAW = 2  # which labelled utterances join an epoch
 _STREAM_ITEM_CROP = 3  # offset of the max_sample_size crop of one utterance
 _STREAM_BATCH_CROP = 4  # offsets of the crop-to-shortest crop of one batch
 _STREAM_STRATA = 5  # tie order of the labelled strata's leftover items (once per run)
+_STREAM_CLASS_DRAW = 6  # the per-class labelled draws of the m-per-class mode
 
 Backend = Literal["torch", "fairseq2"]
 Decoder = Literal["soundfile", "fairseq2"]
@@ -199,14 +200,23 @@ class PretrainDataset(Dataset[AudioItem]):
 
 
 def _greedy_batch_sizes(
-    sorted_lengths: np.ndarray, max_tokens: int, max_batch_size: int | None
+    sorted_lengths: np.ndarray,
+    max_tokens: int,
+    max_batch_size: int | None,
+    extra_rows: int = 0,
+    extra_length: int = 0,
 ) -> list[int]:
-    """Sizes of consecutive batches over ascending lengths with size * longest <= max_tokens."""
+    """Sizes of consecutive batches over ascending lengths with size * longest <= max_tokens,
+    where every batch also holds `extra_rows` items of length up to `extra_length` (the
+    m-per-class labelled clips; not counted in the sizes returned)."""
     sizes: list[int] = []
     count = 0
     for length in sorted_lengths.tolist():
         # ascending order: the item being added is the longest of its batch
-        full = (count + 1) * length > max_tokens or count == max_batch_size
+        longest = max(length, extra_length)
+        full = (count + 1 + extra_rows) * longest > max_tokens or (
+            count + extra_rows == max_batch_size
+        )
         if count and full:
             sizes.append(count)
             count = 0
@@ -236,7 +246,23 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
     is cut into strata of about 4 items of neighbouring length; each stratum gives a fixed
     number of items per epoch (proportional to its size), drawn at random without
     replacement while the stratum lasts, and is budgeted at its longest length. So the
-    batch count stays constant while every labelled item gets its turn.
+    batch count stays constant while every labelled item gets its turn. The labelled items
+    go to the batches of their length: a global batch may hold none, or one per class.
+
+    m per class (`labelled_per_class` = m > 0, instead of `labelled_per_epoch`; needs
+    `labelled_classes`, the class of each pool item): every global batch (the
+    `num_replicas` rank batches of one step) holds at least m labelled clips of every class
+    in the pool: K * m drawn class by class (each class's items in a fresh random order per
+    epoch, all used before any repeats), topped up to q * num_replicas with q =
+    ceil(K * m / num_replicas) by further classes in rotation, shuffled and dealt q to each
+    rank batch. Each batch is planned with room for q labelled clips at the length of its
+    longest unlabelled item, or at `labelled_budget` when that is longer (the length at
+    which every class has q clips), and takes, for each of its slots, a clip of that class
+    no longer than that: the least used so far in the epoch, ties at random, never twice in
+    one batch while the class has enough. Short clips can serve every batch, long ones only
+    long batches; the labelled clips follow the length of their batch as the unlabelled
+    stream's do. The batch list is padded to whole steps by repeating unlabelled batches
+    (with fresh labelled draws).
 
     Resume: `state_dict()` is {"epoch", "batches_yielded"}; after `load_state_dict` the
     next `__iter__` skips the batches of that epoch already yielded. `set_epoch` to a new
@@ -257,6 +283,8 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         length_quantum: int = 1_600,
         labelled_lengths: Sequence[int] | np.ndarray | None = None,
         labelled_per_epoch: int = 0,
+        labelled_classes: Sequence[int] | np.ndarray | None = None,
+        labelled_per_class: int = 0,
     ) -> None:
         self.lengths = np.asarray(lengths, dtype=np.int64)
         labelled = np.asarray(
@@ -275,6 +303,21 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
                 f"labelled_per_epoch={labelled_per_epoch} needs a non-empty labelled pool "
                 f"(got {labelled.size} labelled lengths)"
             )
+        if labelled_per_class < 0 or (
+            labelled_per_class > 0
+            and (labelled.size == 0 or labelled_per_epoch > 0 or labelled_classes is None)
+        ):
+            raise ValueError(
+                f"labelled_per_class={labelled_per_class} needs a non-empty labelled pool "
+                f"({labelled.size} labelled lengths), the class of each (labelled_classes) and "
+                f"labelled_per_epoch=0 (got {labelled_per_epoch})"
+            )
+        classes = np.asarray(labelled_classes if labelled_classes is not None else [], np.int64)
+        if labelled_per_class > 0 and (classes.shape != labelled.shape or classes.min() < 0):
+            raise ValueError(
+                f"labelled_classes must give a class >= 0 for each of the {labelled.size} "
+                f"labelled items, got {classes.size} classes, min {classes.min(initial=0)}"
+            )
         all_lengths = np.concatenate([self.lengths, labelled])
         if self.lengths.size == 0:
             raise ValueError("LengthBucketBatchSampler got no lengths (is the manifest empty?)")
@@ -292,6 +335,7 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.labelled_per_epoch = labelled_per_epoch
+        self.labelled_per_class = labelled_per_class
 
         # rounded-up lengths are >= the true ones, so budgeting with them is safe
         rounded = np.minimum(-(-all_lengths // length_quantum) * length_quantum, max_tokens)
@@ -300,7 +344,42 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         epoch_budgets = np.concatenate(
             [self._rounded] + [np.full(count, budget) for budget, _, count in self._strata]
         )
-        self._batch_sizes = _greedy_batch_sizes(np.sort(epoch_budgets), max_tokens, max_batch_size)
+        # m per class: each class's members (dataset indices, shortest first), their budget
+        # lengths, q clips per batch, and the length every batch can take them at
+        self._class_members: list[np.ndarray] = []
+        self._class_lengths: list[np.ndarray] = []
+        self.labelled_per_batch = 0
+        self.labelled_budget = 0
+        if labelled_per_class > 0:
+            offset = len(self.lengths)
+            per_step = len(np.unique(classes)) * labelled_per_class
+            self.labelled_per_batch = q = -(-per_step // num_replicas)
+            for c in np.unique(classes):
+                members = np.flatnonzero(classes == c)
+                members = members[np.argsort(rounded[offset + members], kind="stable")]
+                self._class_members.append(members + offset)
+                self._class_lengths.append(rounded[offset + members])
+                # any batch can take q distinct clips of any class at this length
+                shortest_q = int(rounded[offset + members[min(q, len(members)) - 1]])
+                self.labelled_budget = max(self.labelled_budget, shortest_q)
+            longest = max(self.labelled_budget, int(self._rounded.max()))
+            if (q + 1) * longest > max_tokens or (
+                max_batch_size is not None and q + 1 > max_batch_size
+            ):
+                raise ValueError(
+                    f"labelled_per_class={labelled_per_class} puts {q} labelled clips in every "
+                    f"batch ({len(self._class_members)} classes over {num_replicas} ranks); with "
+                    f"one more item of {longest} samples that exceeds max_tokens={max_tokens} "
+                    f"(or max_batch_size={max_batch_size}): lower max_sample_size or "
+                    "labelled_per_class, or raise max_tokens"
+                )
+        self._batch_sizes = _greedy_batch_sizes(
+            np.sort(epoch_budgets),
+            max_tokens,
+            max_batch_size,
+            self.labelled_per_batch,
+            self.labelled_budget,
+        )
         self.num_global_batches = len(self._batch_sizes)
         self.epoch = 0
         self.batches_yielded = 0
@@ -335,8 +414,10 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
 
     @property
     def items_per_epoch(self) -> int:
-        """Items in one epoch over all ranks, before padding the batch list."""
-        return len(self.lengths) + self.labelled_per_epoch
+        """Items in one epoch over all ranks, before padding the batch list (m per class:
+        the labelled clips of the padded list, which always has whole steps)."""
+        steps_labelled = len(self) * self.num_replicas * self.labelled_per_batch
+        return len(self.lengths) + self.labelled_per_epoch + steps_labelled
 
     def global_batches(self, epoch: int) -> list[np.ndarray]:
         """Every batch of `epoch` in yield order, over all ranks, before padding."""
@@ -358,7 +439,46 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         if self.shuffle:
             batch_order = _rng(self.seed, epoch, _STREAM_BATCH_ORDER).permutation(len(batches))
             batches = [batches[i] for i in batch_order]
+        if self.labelled_per_class > 0:
+            batches = self._with_labelled_per_class(batches, epoch)
         return batches
+
+    def _with_labelled_per_class(self, batches: list[np.ndarray], epoch: int) -> list[np.ndarray]:
+        """Pad the list to whole steps, then add q labelled clips to each batch so that each
+        step's W batches hold at least m of every class (see the class docstring)."""
+        W, q, m = self.num_replicas, self.labelled_per_batch, self.labelled_per_class
+        K = len(self._class_members)
+        steps = len(self)
+        padded = [batches[p % len(batches)] for p in range(steps * W)]
+        draw = _rng(self.seed, epoch, _STREAM_CLASS_DRAW)
+        rotation = draw.permutation(K)  # who gets the top-up slots, in turn
+        extra = q * W - K * m
+        uses = [np.zeros(len(members), dtype=np.int64) for members in self._class_members]
+        out = []
+        for s in range(steps):
+            slots = np.concatenate(
+                [np.repeat(np.arange(K), m), rotation[(s * extra + np.arange(extra)) % K]]
+            )
+            slots = draw.permutation(slots)  # which rank gets which class: at random
+            for r in range(W):
+                batch = padded[s * W + r]
+                budget = max(int(self._rounded[batch].max()), self.labelled_budget)
+                picks: list[int] = []
+                taken: dict[int, list[int]] = {}  # class -> positions picked for this batch
+                for c in slots[r * q : (r + 1) * q].tolist():
+                    # eligible: the class's clips that fit (a prefix: shortest first)
+                    fit = int(np.searchsorted(self._class_lengths[c], budget, side="right"))
+                    count = uses[c][:fit].copy()
+                    mine = taken.setdefault(c, [])
+                    if len(mine) < fit:  # not twice in one batch while there is a choice
+                        count[mine] = np.iinfo(np.int64).max
+                    least = np.flatnonzero(count == count.min())
+                    position = int(least[draw.integers(len(least))])
+                    uses[c][position] += 1
+                    mine.append(position)
+                    picks.append(int(self._class_members[c][position]))
+                out.append(np.concatenate([batch, np.asarray(picks, dtype=np.int64)]))
+        return out
 
     def rank_batches(self, epoch: int) -> list[np.ndarray]:
         """This rank's `len(self)` batches of `epoch`: global positions rank, rank + R, ..."""
@@ -562,6 +682,10 @@ class PretrainDataModule(L.LightningDataModule):
     labelled_manifest, labelled_fraction: about `labelled_fraction` of each epoch's items
         are drawn (per epoch, with replacement when the pool is too small) from the
         labelled manifest's labelled entries and carry their class index.
+    labelled_per_class: m > 0 instead of labelled_fraction: every global batch (the batches
+        of all ranks at one step) holds at least m labelled clips of each class of the
+        labelled manifest (m-per-class sampling, for the category term's positives; budget
+        rules in `LengthBucketBatchSampler`).
     label_names: class names in index order; None = the sorted labels found in the
         labelled manifest.
     max_tokens: padded samples per batch and rank (batch size * longest item).
@@ -589,6 +713,7 @@ class PretrainDataModule(L.LightningDataModule):
         valid_manifest: str | None = None,
         labelled_manifest: str | None = None,
         labelled_fraction: float = 0.0,
+        labelled_per_class: int = 0,
         label_names: list[str] | None = None,
         max_tokens: int = 1_400_000,
         max_batch_size: int | None = None,
@@ -606,6 +731,13 @@ class PretrainDataModule(L.LightningDataModule):
             raise ValueError(f"labelled_fraction must be in [0, 1), got {labelled_fraction}")
         if labelled_fraction > 0 and labelled_manifest is None:
             raise ValueError(f"labelled_fraction={labelled_fraction} needs a labelled_manifest")
+        if labelled_per_class < 0 or (
+            labelled_per_class > 0 and (labelled_manifest is None or labelled_fraction > 0)
+        ):
+            raise ValueError(
+                f"labelled_per_class={labelled_per_class} needs a labelled_manifest and "
+                f"labelled_fraction=0 (got {labelled_fraction}): it sets the labelled share"
+            )
         if max_sample_size > max_tokens:
             raise ValueError(
                 f"max_tokens ({max_tokens}) must be >= max_sample_size ({max_sample_size}): "
@@ -623,6 +755,7 @@ class PretrainDataModule(L.LightningDataModule):
         self.valid_manifest = valid_manifest
         self.labelled_manifest = labelled_manifest
         self.labelled_fraction = labelled_fraction
+        self.labelled_per_class = labelled_per_class
         self.label_names = label_names
         self.max_tokens = max_tokens
         self.max_batch_size = max_batch_size
@@ -665,9 +798,14 @@ class PretrainDataModule(L.LightningDataModule):
         # the unlabelled stream: drop its labels so that nothing downstream can see them
         entries = [replace(e, label=None) for e in read_manifest(self.train_manifest)]
         self.train_dataset = self._dataset(self.train_manifest, entries, None)
-        if self.labelled_manifest is not None and self.labelled_fraction == 0.0:
+        if (
+            self.labelled_manifest is not None
+            and self.labelled_fraction == 0.0
+            and self.labelled_per_class == 0
+        ):
             logger.warning(
-                "labelled_manifest %s unused: labelled_fraction is 0", self.labelled_manifest
+                "labelled_manifest %s unused: labelled_fraction and labelled_per_class are 0",
+                self.labelled_manifest,
             )
         elif self.labelled_manifest is not None:
             every = read_manifest(self.labelled_manifest)
@@ -706,10 +844,11 @@ class PretrainDataModule(L.LightningDataModule):
         assert self.train_dataset is not None
         world_size, rank = self._world()
         dataset: Dataset[AudioItem] = self.train_dataset
-        labelled_lengths = None
+        labelled_lengths = labelled_classes = None
         if self.labelled_dataset is not None:
             dataset = ConcatDataset([self.train_dataset, self.labelled_dataset])
             labelled_lengths = self.labelled_dataset.lengths
+            labelled_classes = self.labelled_dataset.labels
         sampler = LengthBucketBatchSampler(
             self.train_dataset.lengths,
             self.max_tokens,
@@ -720,6 +859,8 @@ class PretrainDataModule(L.LightningDataModule):
             rank=rank,
             labelled_lengths=labelled_lengths,
             labelled_per_epoch=self.labelled_per_epoch(),
+            labelled_classes=labelled_classes,
+            labelled_per_class=self.labelled_per_class,
         )
         # a loader rebuilt mid-run (reload_dataloaders_every_n_epochs) continues the epochs
         initial_epoch = self.trainer.current_epoch if self.trainer is not None else 0

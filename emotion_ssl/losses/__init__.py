@@ -1,8 +1,10 @@
 """Losses: targets, frame, utterance, contrastive, and the objective that combines them."""
 
 from emotion_ssl.losses.contrastive import (
+    CategoryMemory,
     ProjectionHead,
     PrototypeBank,
+    SupConOutput,
     centred_unit,
     supervised_contrastive_loss,
 )
@@ -22,11 +24,13 @@ from emotion_ssl.losses.targets import (
 from emotion_ssl.losses.utterance import utterance_loss, utterance_prediction
 
 __all__ = [
+    "CategoryMemory",
     "CollapseGuard",
     "LossOutput",
     "PretrainObjective",
     "PrototypeBank",
     "ProjectionHead",
+    "SupConOutput",
     "TrainingCollapsedError",
     "centred_unit",
     "feature_std",

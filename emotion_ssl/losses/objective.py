@@ -6,15 +6,20 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emotion_ssl.losses.contrastive import (
+    CategoryMemory,
     ProjectionHead,
     PrototypeBank,
+    SupConOutput,
     centred_unit,
     gather_no_grad,
     gather_with_grad,
+    rank_sizes,
     supervised_contrastive_loss,
+    upcast,
 )
 from emotion_ssl.losses.frame import frame_loss
 from emotion_ssl.losses.targets import feature_std, utterance_target
@@ -42,6 +47,8 @@ class LossOutput:
     num_masked: Tensor
     num_anchors: Tensor
     num_pseudo_labelled: Tensor
+    cross_utterance_positives: Tensor  # (anchor, positive) pairs across utterances
+    category_skip_reason: Tensor  # 0 = computed, else contrastive.SKIP_REASONS' code
     utterance_prediction: Tensor  # (R, D)
     utterance_target: Tensor  # (R, D)
 
@@ -92,8 +99,15 @@ class PretrainObjective(nn.Module):
         projection_dim: output size of the projection head.
         batch_centring: subtract the global batch's mean projection before normalising
             (`centred_unit`; ours, measured in docs/pretraining.md); False = SPEC's plain form.
-        pseudo_labels: let confident unlabelled clones join with prototype pseudo-labels.
+        pseudo_labels: let confident unlabelled utterances join with pseudo-labels: the
+            nearest class prototype of their teacher embedding (the prototypes are an EMA of
+            the teacher's labelled embeddings; needs `teacher_tokens` in `forward`).
         pseudo_label_threshold, pseudo_label_warmup_steps, prototype_momentum: their settings.
+        clone_positives: True (SPEC) = a clip's other clones are among its positives; False
+            = they are left out of its keys (positives only from other utterances).
+        memory_size: rows (clones) of past training micro-batches kept as extra keys
+            (`CategoryMemory`; 0 = none). Rows of one global micro-batch x
+            (accumulate_grad_batches - 1) spans the accumulation window.
     """
 
     def __init__(
@@ -113,6 +127,8 @@ class PretrainObjective(nn.Module):
         pseudo_label_warmup_steps: int = 1000,
         prototype_momentum: float = 0.99,
         batch_centring: bool = True,
+        clone_positives: bool = True,
+        memory_size: int = 0,
     ) -> None:
         super().__init__()
         self.utterance_weight = utterance_weight
@@ -123,10 +139,16 @@ class PretrainObjective(nn.Module):
         self.category_ramp_steps = category_ramp_steps
         self.temperature = temperature
         self.batch_centring = batch_centring
+        self.clone_positives = clone_positives
+        if memory_size < 0:
+            raise ValueError(f"memory_size must be >= 0, got {memory_size}")
         self.head: ProjectionHead | None = None
         self.prototypes: PrototypeBank | None = None
+        self.memory: CategoryMemory | None = None
         if category_weight > 0:
             self.head = ProjectionHead(dim, projection_dim)
+            if memory_size > 0:
+                self.memory = CategoryMemory(memory_size, projection_dim)
             if pseudo_labels:
                 if num_classes < 2:
                     raise ValueError("pseudo_labels needs num_classes >= 2")
@@ -158,6 +180,7 @@ class PretrainObjective(nn.Module):
         labels: Tensor,
         num_clones: int,
         step: int,
+        teacher_tokens: Tensor | None = None,
     ) -> LossOutput:
         """
         prediction: (R, T, D) decoder output, R = B * num_clones (row b*C + c = clone c of b);
@@ -165,7 +188,8 @@ class PretrainObjective(nn.Module):
         teacher_layers: per shared block (B, T, D) teacher FFN outputs, tokens removed;
         padding_mask: (B, T) True = padding or None; tokens: (R, E, D) student token outputs;
         kept_frames: (R, K, D) student outputs of the kept frames, kept_padding: (R, K);
-        labels: (B,) long, -1 = unlabelled; step: optimizer updates done so far.
+        labels: (B,) long, -1 = unlabelled; step: optimizer updates done so far;
+        teacher_tokens: (B, E, D) teacher utterance-token outputs (for pseudo-labels).
         """
         C = num_clones
         target_c = frame_target.repeat_interleave(C, dim=0)  # (R, T, D)
@@ -179,25 +203,13 @@ class PretrainObjective(nn.Module):
         loss_utt = utterance_loss(utt_pred, utt_tgt, reduction)
 
         gamma = self.category_weight_at(step)
-        loss_cat = prediction.new_zeros((), dtype=torch.float32)
-        num_anchors = torch.zeros((), dtype=torch.long, device=prediction.device)
-        num_pseudo = torch.zeros((), dtype=torch.long, device=prediction.device)
+        zero = torch.zeros((), dtype=torch.long, device=prediction.device)
+        category = SupConOutput(prediction.new_zeros((), dtype=torch.float32), zero, zero, zero)
+        num_pseudo = zero
         if self.head is not None:
-            if self.batch_centring:  # (R_global, P)
-                embeddings = centred_unit(gather_with_grad(self.head.project(tokens.mean(dim=1))))
-            else:
-                embeddings = gather_with_grad(self.head(tokens.mean(dim=1)))
-            clone_labels = gather_no_grad(labels.repeat_interleave(C, dim=0))
-            if self.prototypes is not None:
-                self.prototypes.update(embeddings, clone_labels)
-                with_pseudo = self.prototypes.pseudo_labels(embeddings, clone_labels, step)
-                num_pseudo = (with_pseudo != clone_labels).sum()
-                clone_labels = with_pseudo
-            loss_cat, num_anchors = supervised_contrastive_loss(
-                embeddings, clone_labels, self.temperature
-            )
+            category, num_pseudo = self.category_term(tokens, labels, C, step, teacher_tokens)
 
-        total = loss_frame + self.utterance_weight * loss_utt + gamma * loss_cat
+        total = loss_frame + self.utterance_weight * loss_utt + gamma * category.loss
         with torch.no_grad():
             target_std = feature_std(target_c, mask)
             prediction_std = feature_std(prediction, mask)
@@ -205,13 +217,72 @@ class PretrainObjective(nn.Module):
             total=total,
             frame=loss_frame,
             utterance=loss_utt,
-            category=loss_cat,
+            category=category.loss,
             category_weight=gamma,
             target_std=target_std,
             prediction_std=prediction_std,
             num_masked=mask.sum(),
-            num_anchors=num_anchors,
+            num_anchors=category.num_anchors,
             num_pseudo_labelled=num_pseudo,
+            cross_utterance_positives=category.cross_utterance_positives,
+            category_skip_reason=category.skip_reason,
             utterance_prediction=utt_pred,
             utterance_target=utt_tgt,
         )
+
+    def _unit(self, projected: Tensor) -> Tensor:
+        """(N, P) projections of the global batch -> unit embeddings (fp32)."""
+        if self.batch_centring:
+            return centred_unit(projected)
+        return F.normalize(upcast(projected), dim=-1)
+
+    def category_term(
+        self,
+        tokens: Tensor,
+        labels: Tensor,
+        num_clones: int,
+        step: int,
+        teacher_tokens: Tensor | None = None,
+    ) -> tuple[SupConOutput, Tensor]:
+        """SupCon over every clone of the global batch (all ranks, uneven sizes allowed).
+
+        tokens: (R, E, D) student token outputs of this rank, R = B * num_clones (row
+        b*C + c); labels: (B,) long, -1 = unlabelled; teacher_tokens: (B, E, D). Returns the
+        loss output and the number of pseudo-labelled clones. Every rank computes the same
+        global loss (see `gather_with_grad` for why that is right under DDP).
+        """
+        assert self.head is not None
+        C = num_clones
+        projected = self.head.project(tokens.mean(dim=1))  # (R, P)
+        sizes = rank_sizes(projected.size(0))  # rows on every rank (host ints)
+        embeddings = self._unit(gather_with_grad(projected, sizes))  # (N, P), N = sum(sizes)
+        utterance_labels = gather_no_grad(labels, [n // C for n in sizes])  # (N / C,)
+        num_pseudo = torch.zeros((), dtype=torch.long, device=labels.device)
+        if self.prototypes is not None:
+            if teacher_tokens is None:
+                raise ValueError("pseudo_labels needs the teacher's tokens (teacher_tokens)")
+            with torch.no_grad():
+                teacher = self.head.project(teacher_tokens.mean(dim=1))  # (B, P)
+                teacher = self._unit(gather_no_grad(teacher, [n // C for n in sizes]))
+                if self.training:
+                    self.prototypes.update(teacher, utterance_labels)
+                with_pseudo = self.prototypes.pseudo_labels(teacher, utterance_labels, step)
+            num_pseudo = (with_pseudo != utterance_labels).sum() * C
+            utterance_labels = with_pseudo
+        clone_labels = utterance_labels.repeat_interleave(C)  # (N,), row b*C + c
+        # every rank holds whole utterances, so row // C numbers the utterances globally
+        groups = torch.arange(embeddings.size(0), device=embeddings.device) // C
+        memory = self.memory if self.training else None
+        out = supervised_contrastive_loss(
+            embeddings,
+            clone_labels,
+            self.temperature,
+            groups=groups,
+            clone_positives=self.clone_positives,
+            memory=None if memory is None else memory.keys,
+            memory_labels=None if memory is None else memory.labels,
+            memory_valid=None if memory is None else memory.valid,
+        )
+        if memory is not None:
+            memory.push(embeddings, clone_labels)
+        return out, num_pseudo

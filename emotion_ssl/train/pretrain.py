@@ -114,6 +114,10 @@ class PretrainSystem(L.LightningModule):
         category_weight, category_ramp_steps, num_classes, temperature, pseudo_labels,
             pseudo_label_threshold, pseudo_label_warmup_steps, category_batch_centring: the
             category-level term (`PretrainObjective`).
+        category_clone_positives: a clip's own clones count as its positives (SPEC); False
+            leaves them out of its keys.
+        category_memory_size: rows of past micro-batches kept as extra SupCon keys (0 =
+            none); see docs/pretraining.md, "The category term".
         ema_decay, ema_end_decay, ema_anneal_steps: teacher decay schedule (linear rise).
         lr, betas, eps, weight_decay, warmup_steps: AdamW with linear warm-up then cosine
             decay to 0 at the trainer's last step.
@@ -156,6 +160,8 @@ class PretrainSystem(L.LightningModule):
         pseudo_label_threshold: float = 0.8,
         pseudo_label_warmup_steps: int = 1000,
         category_batch_centring: bool = True,
+        category_clone_positives: bool = True,
+        category_memory_size: int = 0,
         ema_decay: float = 0.999,
         ema_end_decay: float = 0.99999,
         ema_anneal_steps: int = 20_000,
@@ -196,6 +202,8 @@ class PretrainSystem(L.LightningModule):
             pseudo_label_threshold=pseudo_label_threshold,
             pseudo_label_warmup_steps=pseudo_label_warmup_steps,
             batch_centring=category_batch_centring,
+            clone_positives=category_clone_positives,
+            memory_size=category_memory_size,
         )
         self.guard = CollapseGuard(collapse_after_steps, min_target_std, min_prediction_std)
         self.num_clones = num_clones
@@ -345,6 +353,7 @@ class PretrainSystem(L.LightningModule):
             labels,
             C,
             self.global_step,
+            teacher_tokens=teacher_out.tokens,  # (B, E, D): pseudo-label prototypes
         )
         return StepOutput(
             losses=losses,
@@ -399,6 +408,8 @@ class PretrainSystem(L.LightningModule):
             "train/prediction_std": losses.prediction_std,
             "train/masked_fraction": losses.num_masked / valid_frames,
             "train/num_anchors": losses.num_anchors.float(),
+            "train/cross_utterance_positives": losses.cross_utterance_positives.float(),
+            "train/category_skipped": losses.category_skip_reason.float(),
             "train/ema_decay": self.teacher.decay(self.global_step),
         }
         self.log_dict(log, prog_bar=False, batch_size=batch.waveforms.size(0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -18,6 +19,12 @@ from emotion_ssl.losses import (
 torch.set_num_threads(1)
 
 
+def supcon(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, number of anchors) of `supervised_contrastive_loss`."""
+    out = supervised_contrastive_loss(*args, **kwargs)
+    return out.loss, out.num_anchors
+
+
 def _random_unit(n: int, p: int, seed: int) -> torch.Tensor:
     return F.normalize(torch.randn(n, p, generator=torch.Generator().manual_seed(seed)), dim=-1)
 
@@ -26,7 +33,7 @@ def _random_unit(n: int, p: int, seed: int) -> torch.Tensor:
 def test_supcon_by_hand_single_positive_each() -> None:
     z = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-1.0, 0.0]])
     labels = torch.tensor([0, 0, 1, -1])  # class 1 has one member; row 3 is unlabelled
-    loss, anchors = supervised_contrastive_loss(z, labels, temperature=0.5)
+    loss, anchors = supcon(z, labels, temperature=0.5)
     # row 0: similarities to rows 1, 2, 3 are 0.6, 0, -1 -> logits 1.2, 0, -2
     loss0 = -(1.2 - math.log(math.exp(1.2) + math.exp(0.0) + math.exp(-2.0)))
     # row 1: similarities to rows 0, 2, 3 are 0.6, 0.8, -0.6 -> logits 1.2, 1.6, -1.2
@@ -38,7 +45,7 @@ def test_supcon_by_hand_single_positive_each() -> None:
 def test_supcon_by_hand_two_positives_each() -> None:
     z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.6, 0.8]])
     labels = torch.tensor([0, 0, 0, 1])
-    loss, anchors = supervised_contrastive_loss(z, labels, temperature=0.5)
+    loss, anchors = supcon(z, labels, temperature=0.5)
     # row 0: logits to rows 1, 2, 3 are 0, -2, 1.2; positives 1 and 2
     lse0 = math.log(math.exp(0.0) + math.exp(-2.0) + math.exp(1.2))
     loss0 = -((0.0 - lse0) + (-2.0 - lse0)) / 2
@@ -55,9 +62,9 @@ def test_supcon_by_hand_two_positives_each() -> None:
 def test_supcon_default_temperature_is_0_1() -> None:
     z = _random_unit(6, 3, seed=0)
     labels = torch.tensor([0, 0, 1, 1, -1, 2])
-    default, _ = supervised_contrastive_loss(z, labels)
-    explicit, _ = supervised_contrastive_loss(z, labels, temperature=0.1)
-    other, _ = supervised_contrastive_loss(z, labels, temperature=0.5)
+    default, _ = supcon(z, labels)
+    explicit, _ = supcon(z, labels, temperature=0.1)
+    other, _ = supcon(z, labels, temperature=0.5)
     assert default.item() == explicit.item()
     assert default.item() != pytest.approx(other.item())
 
@@ -65,7 +72,7 @@ def test_supcon_default_temperature_is_0_1() -> None:
 def test_supcon_single_member_class_is_finite() -> None:
     z = _random_unit(5, 4, seed=1).requires_grad_(True)
     labels = torch.tensor([0, 0, 1, 2, 2])  # class 1 alone
-    loss, anchors = supervised_contrastive_loss(z, labels, temperature=0.1)
+    loss, anchors = supcon(z, labels, temperature=0.1)
     assert anchors.item() == 4
     assert torch.isfinite(loss)
     loss.backward()
@@ -79,7 +86,7 @@ def test_supcon_single_member_class_is_finite() -> None:
 )
 def test_supcon_without_anchor_is_zero_and_differentiable(labels: list[int]) -> None:
     z = _random_unit(4, 3, seed=2).requires_grad_(True)
-    loss, anchors = supervised_contrastive_loss(z, torch.tensor(labels))
+    loss, anchors = supcon(z, torch.tensor(labels))
     assert loss.item() == 0.0
     assert anchors.item() == 0
     assert loss.requires_grad
@@ -90,9 +97,9 @@ def test_supcon_without_anchor_is_zero_and_differentiable(labels: list[int]) -> 
 def test_supcon_is_invariant_to_batch_order() -> None:
     z = _random_unit(12, 5, seed=3)
     labels = torch.tensor([0, 1, 0, -1, 2, 1, -1, 3, 0, 2, -1, 1])
-    loss, anchors = supervised_contrastive_loss(z, labels, temperature=0.2)
+    loss, anchors = supcon(z, labels, temperature=0.2)
     perm = torch.randperm(12, generator=torch.Generator().manual_seed(4))
-    loss_p, anchors_p = supervised_contrastive_loss(z[perm], labels[perm], temperature=0.2)
+    loss_p, anchors_p = supcon(z[perm], labels[perm], temperature=0.2)
     assert anchors.item() == anchors_p.item() == 8  # the lone class-3 row and three -1 rows out
     torch.testing.assert_close(loss_p, loss)
 
@@ -100,7 +107,7 @@ def test_supcon_is_invariant_to_batch_order() -> None:
 def test_supcon_pulls_positives_together() -> None:
     # a step along -grad raises the similarity of the two class-0 rows
     z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-0.6, 0.8]], requires_grad=True)
-    loss, _ = supervised_contrastive_loss(z, torch.tensor([0, 0, 1]), temperature=0.5)
+    loss, _ = supcon(z, torch.tensor([0, 0, 1]), temperature=0.5)
     loss.backward()
     assert z.grad is not None
     moved = F.normalize(z.detach() - 0.1 * z.grad, dim=-1)
@@ -150,9 +157,9 @@ def test_centring_lets_supcon_see_nearly_collinear_embeddings() -> None:
     z = shared + 1e-3 * offsets
     labels = torch.tensor([0, 0, 1, 1])
     t = 0.5
-    plain, _ = supervised_contrastive_loss(F.normalize(z, dim=-1), labels, t)
+    plain, _ = supcon(F.normalize(z, dim=-1), labels, t)
     assert plain.item() == pytest.approx(math.log(3), abs=1e-4)  # no signal: log(N - 1)
-    centred, _ = supervised_contrastive_loss(centred_unit(z), labels, t)
+    centred, _ = supcon(centred_unit(z), labels, t)
     # centred rows are exactly +-e2: positive similarity 1, the two negatives -1
     by_hand = -(1 / t - math.log(math.exp(1 / t) + 2 * math.exp(-1 / t)))
     assert centred.item() == pytest.approx(by_hand, rel=1e-5)
@@ -163,7 +170,7 @@ def test_centring_lets_supcon_see_nearly_collinear_embeddings() -> None:
     grads = []
     for transform in (lambda x: F.normalize(x, dim=-1), centred_unit):
         x = z.clone().requires_grad_(True)
-        supervised_contrastive_loss(transform(x), labels, t)[0].backward()
+        supcon(transform(x), labels, t)[0].backward()
         assert x.grad is not None
         grads.append(x.grad.norm().item())
     assert grads[1] > 100 * grads[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import torch
@@ -21,6 +22,13 @@ from emotion_ssl.losses import (
 )
 
 torch.set_num_threads(1)
+
+
+def supcon(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, number of anchors) of `supervised_contrastive_loss`."""
+    out = supervised_contrastive_loss(*args, **kwargs)
+    return out.loss, out.num_anchors
+
 
 B, C, T, D, E = 2, 2, 5, 4, 3
 R = B * C
@@ -192,11 +200,11 @@ def test_category_embedding_is_the_projected_token_mean(centring: bool) -> None:
     assert objective.head is not None
     projected = objective.head.project(inputs.tokens.mean(dim=1))
     embeddings = centred_unit(projected) if centring else F.normalize(projected, dim=-1)
-    expected, _ = supervised_contrastive_loss(embeddings, torch.tensor([0, 0, 1, 1]), 0.1)
+    expected, _ = supcon(embeddings, torch.tensor([0, 0, 1, 1]), 0.1)
     assert out.category.item() == pytest.approx(expected.item(), rel=1e-6)
     other = centred_unit(projected) if not centring else F.normalize(projected, dim=-1)
     assert out.category.item() != pytest.approx(
-        supervised_contrastive_loss(other, torch.tensor([0, 0, 1, 1]), 0.1)[0].item(), rel=1e-3
+        supcon(other, torch.tensor([0, 0, 1, 1]), 0.1)[0].item(), rel=1e-3
     )
 
 
@@ -220,31 +228,98 @@ def test_statistics() -> None:
     )
 
 
-def test_pseudo_labels_join_after_warmup() -> None:
-    torch.manual_seed(0)
+def _identity_head(objective: PretrainObjective) -> None:
+    """Projection head = identity (P = D), so an embedding is the (centred) unit token mean
+    of non-negative tokens: ReLU passes them unchanged."""
+    assert objective.head is not None
+    with torch.no_grad():
+        for fc in (objective.head.fc1, objective.head.fc2):
+            fc.weight.copy_(torch.eye(D))
+            fc.bias.zero_()
 
-    def objective(warmup: int) -> PretrainObjective:
-        return PretrainObjective(
-            D,
-            top_k=2,
-            utterance_mode="code_faithful",
-            category_weight=1.0,
-            category_ramp_steps=0,
-            num_classes=2,
-            projection_dim=3,
-            pseudo_labels=True,
-            pseudo_label_threshold=-1.0,  # every unlabelled clone is confident
-            pseudo_label_warmup_steps=warmup,
-        )
 
-    before = _inputs().call(objective(warmup=100), labels=[0, -1], step=5)
-    assert before.num_pseudo_labelled.item() == 0
-    assert before.num_anchors.item() == 2  # the two clones of utterance 0
-    after = _inputs().call(objective(warmup=0), labels=[0, -1], step=5)
-    assert after.num_pseudo_labelled.item() == 2
-    assert after.num_anchors.item() == 4
-    # identical embeddings, three positives among three others: log-prob -log 3 each
-    assert after.category.item() == pytest.approx(math.log(3), rel=1e-5)
+def _pseudo_objective(warmup: int, centring: bool) -> PretrainObjective:
+    objective = PretrainObjective(
+        D,
+        top_k=2,
+        category_weight=1.0,
+        category_ramp_steps=0,
+        num_classes=2,
+        projection_dim=D,
+        pseudo_labels=True,
+        pseudo_label_threshold=0.9,
+        pseudo_label_warmup_steps=warmup,
+        prototype_momentum=0.5,
+        batch_centring=centring,
+    )
+    _identity_head(objective)
+    return objective
+
+
+# teacher token means of 3 utterances (labelled 0, labelled 1, unlabelled) and the students'
+# (one clone each): the unlabelled one is near class 0 for the teacher, near class 1 for the
+# student, so the pseudo-label says whose embedding it came from
+TEACHER = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.99, 0.1, 0.0, 0.0]])
+STUDENT = torch.tensor([[1.0, 0.0, 0.2, 0.0], [0.0, 1.0, 0.0, 0.2], [0.1, 0.99, 0.0, 0.0]])
+
+
+def test_pseudo_labels_come_from_teacher_prototypes() -> None:
+    labels = torch.tensor([0, 1, -1])
+    before = _pseudo_objective(warmup=100, centring=False)
+    out, num_pseudo = before.category_term(STUDENT.unsqueeze(1), labels, 1, 5, TEACHER.unsqueeze(1))
+    assert num_pseudo.item() == 0  # warm-up: only the prototypes move
+    assert out.skip_reason.item() == 2  # one row per class: no positive
+    bank = before.prototypes
+    assert bank is not None
+    # first update: each prototype is its class's unit teacher embedding
+    torch.testing.assert_close(bank.prototypes, torch.eye(2, D))
+    assert bank.initialised.tolist() == [True, True]
+
+    after = _pseudo_objective(warmup=0, centring=False)
+    out, num_pseudo = after.category_term(STUDENT.unsqueeze(1), labels, 1, 5, TEACHER.unsqueeze(1))
+    # the teacher's cos(row 2, class 0) = 0.99 / |(0.99, 0.1)| = 0.995 >= 0.9 -> class 0,
+    # although the student's embedding of it is nearest class 1
+    assert num_pseudo.item() == 1
+    expected = supervised_contrastive_loss(
+        F.normalize(STUDENT, dim=-1), torch.tensor([0, 1, 0]), 0.1
+    )
+    assert out.num_anchors.item() == 2
+    torch.testing.assert_close(out.loss, expected.loss)
+
+
+def test_teacher_prototypes_live_in_the_batch_centred_space() -> None:
+    objective = _pseudo_objective(warmup=0, centring=True)
+    labels = torch.tensor([0, 1, -1])
+    objective.category_term(STUDENT.unsqueeze(1), labels, 1, 0, TEACHER.unsqueeze(1))
+    assert objective.prototypes is not None
+    # the prototypes are the teacher rows centred with the teacher batch's mean
+    torch.testing.assert_close(objective.prototypes.prototypes, centred_unit(TEACHER)[:2])
+    # a second batch moves them by the EMA (momentum 0.5) of the new centred rows
+    teacher2 = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    objective.category_term(STUDENT.unsqueeze(1), labels, 1, 1, teacher2.unsqueeze(1))
+    mixed = F.normalize(0.5 * centred_unit(TEACHER)[:2] + 0.5 * centred_unit(teacher2)[:2], dim=1)
+    torch.testing.assert_close(objective.prototypes.prototypes, mixed)
+
+
+def test_prototypes_do_not_move_in_eval_or_on_a_non_finite_teacher() -> None:
+    objective = _pseudo_objective(warmup=0, centring=False)
+    labels = torch.tensor([0, 1, -1])
+    objective.eval()
+    objective.category_term(STUDENT.unsqueeze(1), labels, 1, 0, TEACHER.unsqueeze(1))
+    assert objective.prototypes is not None
+    assert not objective.prototypes.initialised.any()
+    objective.train()
+    bad = TEACHER.clone()
+    bad[2, 0] = float("nan")  # an unlabelled row: every prototype stays put all the same
+    objective.category_term(STUDENT.unsqueeze(1), labels, 1, 0, bad.unsqueeze(1))
+    assert not objective.prototypes.initialised.any()
+    assert torch.equal(objective.prototypes.prototypes, torch.zeros(2, D))
+
+
+def test_pseudo_labels_need_the_teacher_tokens() -> None:
+    objective = _pseudo_objective(warmup=0, centring=False)
+    with pytest.raises(ValueError, match="teacher_tokens"):
+        objective.category_term(STUDENT.unsqueeze(1), torch.tensor([0, 1, -1]), 1, 0)
 
 
 def test_pseudo_labels_need_classes() -> None:
