@@ -19,6 +19,11 @@ the model config. Prefix A = `modality_encoders.AUDIO.`:
 | A.decoder.proj.* | (decoder) proj.* |
 | _ema (teacher, fp32) | (teacher) the ContextEncoder keys above without `context.` |
 | proj.* (emotion2vec+ classifier) | (head, mean pooling) proj.weight, proj.bias |
+
+data2vec 2.0 base has the same keys with `prenet_depth: 0, depth: 12`: no
+`context_encoder.blocks` (its `context_encoder.norm` exists all the same: fairseq builds the
+BlockEncoder's norm whatever its depth) and no `extra_tokens`. It reads as a 0 + 12 encoder;
+`frozen.resplit_blocks` renumbers it into emotion2vec's 4 + 8 (docs/interop.md).
 """
 
 from __future__ import annotations
@@ -361,6 +366,16 @@ def _teacher_state(ema: Mapping[str, Tensor], path: str) -> tuple[dict[str, Tens
     return state, unmapped
 
 
+def _upgrade_alibi_scale(state: dict[str, Any]) -> dict[str, Any]:
+    """A (1, H, 1, 1) ALiBi scale (older data2vec 2.0 files) -> (1, 1, H, 1, 1), the upgrade
+    fairseq's `ModalitySpecificEncoder.upgrade_state_dict_named` applies on load."""
+    key = AUDIO_PREFIX + "alibi_scale"
+    value = state.get(key)
+    if isinstance(value, Tensor) and value.dim() == 4:
+        state[key] = value.unsqueeze(0)
+    return state
+
+
 def read_fairseq_checkpoint(
     path: str | Path,
     trust_pickle: bool = False,
@@ -392,8 +407,10 @@ def read_fairseq_checkpoint(
     _check_supported(model_cfg, audio, str(path))
     config = encoder_config_from_fairseq(model_cfg, cfg.get("task"))
 
-    state = dict(ckpt["model"])
+    state = _upgrade_alibi_scale(dict(ckpt["model"]))
     ema = state.pop("_ema", None)
+    if isinstance(ema, Mapping):
+        ema = _upgrade_alibi_scale(dict(ema))
     source_dtype = "float32"
     floats: dict[str, Tensor] = {}
     for key, value in state.items():

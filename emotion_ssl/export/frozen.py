@@ -15,8 +15,10 @@ A frozen encoder is a self-describing folder:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -309,6 +311,53 @@ def teacher_context_state(weights: PretrainedWeights) -> dict[str, Tensor] | Non
     return state
 
 
+def resplit_blocks(weights: PretrainedWeights, prenet_depth: int) -> PretrainedWeights:
+    """The same weights with the transformer stack split at another prenet/shared boundary.
+
+    The prenet's input LayerNorm and the blocks run as one chain, prenet blocks first, so
+    renumbering the blocks along that chain computes exactly the same function. The case it
+    exists for: data2vec 2.0 base (`prenet_depth: 0, depth: 12`; fairseq `blocks.0..11` and
+    `context_encoder.norm`) into emotion2vec's layout (4 prenet + 8 shared):
+
+        source chain position n    ->  prenet.{n}             for n < prenet_depth
+                                   ->  blocks.{n - prenet_depth} otherwise
+
+    i.e. data2vec 2.0 `blocks.0..3` -> prenet 0..3, `blocks.4..11` -> shared 0..7; the
+    input norm stays the prenet norm. Student and teacher (`_ema`) are renumbered alike.
+    What changes is which blocks count as "shared": the teacher's targets come from the
+    shared ones (data2vec 2.0's top 8 of 12 = emotion2vec's 8 shared).
+    """
+    config = weights.config
+    total = config.num_layers
+    if not 0 <= prenet_depth < total:
+        raise ValueError(
+            f"{weights.path}: cannot split {total} blocks into {prenet_depth} prenet blocks "
+            "and at least one shared block"
+        )
+    old_prenet = config.prenet_depth
+
+    def renumber(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for key, value in state.items():
+            match = re.fullmatch(re.escape(prefix) + r"(prenet|blocks)\.(\d+)\.(.+)", key)
+            if match is None:
+                out[key] = value
+                continue
+            n = int(match[2]) + (old_prenet if match[1] == "blocks" else 0)  # chain position
+            where = f"prenet.{n}" if n < prenet_depth else f"blocks.{n - prenet_depth}"
+            out[f"{prefix}{where}.{match[3]}"] = value
+        return out
+
+    return dataclasses.replace(
+        weights,
+        config=dataclasses.replace(config, prenet_depth=prenet_depth, depth=total - prenet_depth),
+        encoder_state=renumber(weights.encoder_state, "context."),
+        teacher_state=None
+        if weights.teacher_state is None
+        else renumber(weights.teacher_state, ""),
+    )
+
+
 def validate_weights(weights: PretrainedWeights) -> None:
     """Build every part strictly (encoder, decoder, teacher, classifier) or raise naming
     exactly what is missing, unexpected or mis-shaped."""
@@ -316,18 +365,26 @@ def validate_weights(weights: PretrainedWeights) -> None:
     from emotion_ssl.models.encoder import ContextEncoder
 
     config = weights.config
-    check_state_dict(EmotionEncoder(config), weights.encoder_state, f"{weights.path} (encoder)")
+    # modules on the meta device: keys and shapes without allocating (base: 93 M parameters)
+    with torch.device("meta"):
+        encoder, decoder, context = (
+            EmotionEncoder(config),
+            ConvDecoder(config),
+            ContextEncoder(config),
+        )
+    check_state_dict(encoder, weights.encoder_state, f"{weights.path} (encoder)")
     if weights.decoder_state is not None:
-        check_state_dict(ConvDecoder(config), weights.decoder_state, f"{weights.path} (decoder)")
+        check_state_dict(decoder, weights.decoder_state, f"{weights.path} (decoder)")
     teacher = teacher_context_state(weights)
     if teacher is not None:
-        check_state_dict(ContextEncoder(config), teacher, f"{weights.path} (teacher)")
+        check_state_dict(context, teacher, f"{weights.path} (teacher)")
     if weights.head_state is not None:
         from emotion_ssl.models.heads import ClassificationHead
 
         if weights.head_config is None:
             raise StateDictMismatchError(f"{weights.path}: head weights without a head config")
-        head = ClassificationHead.from_config(weights.head_config)
+        with torch.device("meta"):
+            head = ClassificationHead.from_config(weights.head_config)
         check_state_dict(head, weights.head_state, f"{weights.path} (head)")
         if weights.labels is not None and len(weights.labels) != head.config["num_classes"]:
             raise StateDictMismatchError(
@@ -391,6 +448,7 @@ __all__ = [
     "read_encoder_dir",
     "read_lightning_checkpoint",
     "read_weights",
+    "resplit_blocks",
     "save_encoder_dir",
     "teacher_context_state",
     "validate_weights",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from contextlib import AbstractContextManager
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +17,25 @@ def ema_decay_at(step: int, start: float, end: float, anneal_steps: int) -> floa
     if anneal_steps <= 0 or step >= anneal_steps:
         return end
     return start + (end - start) * step / anneal_steps
+
+
+def full_parameters(root: nn.Module) -> AbstractContextManager[object]:
+    """Every parameter under `root` whole for the EMA step, and what it writes kept.
+
+    FullyShardedDataParallel keeps only a shard of each flattened parameter group per rank
+    between steps, so the student's and teacher's parameters are then pieces of different
+    sizes (or empty) and `update` cannot pair them. Inside this context the FSDP units under
+    `root` are gathered (`summon_full_params`), every rank computes the same EMA step on whole
+    tensors, and `writeback` copies each rank's piece of the new teacher back into its shard.
+    It costs one all-gather of the model per update (as much as FSDP's own forward) and, for
+    the moment, the whole model in memory on every rank. For any module without FSDP it does
+    nothing.
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if any(isinstance(m, FullyShardedDataParallel) for m in root.modules()):
+        return FullyShardedDataParallel.summon_full_params(root, writeback=True)
+    return contextlib.nullcontext()
 
 
 class EMATeacher(nn.Module):
@@ -57,6 +78,13 @@ class EMATeacher(nn.Module):
         student_params = [p.detach().to(torch.float32) for p in student.parameters()]
         if len(teacher_params) != len(student_params):
             raise RuntimeError("teacher and student context encoders have different structures")
+        shapes = [(t.shape, s.shape) for t, s in zip(teacher_params, student_params, strict=True)]
+        if any(t != s for t, s in shapes):  # e.g. FSDP shards, outside `full_parameters`
+            raise RuntimeError(
+                "teacher and student parameters differ in shape "
+                f"({next((t, s) for t, s in shapes if t != s)}): are they sharded (FSDP)? "
+                "Update inside `full_parameters(root)`"
+            )
         # lerp(t, s, 1 - tau) = tau * t + (1 - tau) * s, one fused multi-tensor op
         torch._foreach_lerp_(teacher_params, student_params, 1.0 - tau)
         return tau

@@ -20,7 +20,7 @@ from emotion_ssl.losses.utterance import UtteranceVariant
 from emotion_ssl.models import EmotionEncoder, EncoderConfig
 from emotion_ssl.models.decoder import ConvDecoder
 from emotion_ssl.models.masking import clone_lengths, compute_span_mask, to_device
-from emotion_ssl.models.teacher import EMATeacher
+from emotion_ssl.models.teacher import EMATeacher, full_parameters
 
 if TYPE_CHECKING:
     from emotion_ssl.data.batch import AudioBatch
@@ -82,7 +82,9 @@ class TeacherUpdate(L.Callback):
     ) -> None:
         if trainer.global_step > self._last_step:
             assert isinstance(pl_module, PretrainSystem)
-            pl_module.teacher.update(pl_module.student.context, trainer.global_step)
+            # under FSDP the parameters are shards between steps: gather them for the step
+            with full_parameters(trainer.strategy.model or pl_module):
+                pl_module.teacher.update(pl_module.student.context, trainer.global_step)
             self._last_step = trainer.global_step
 
 
@@ -245,10 +247,31 @@ class PretrainSystem(L.LightningModule):
 
     def load_pretrained(self, path: str) -> dict[str, str]:
         """Fill student, decoder and teacher from `path` (see `init_from`); returns what was
-        loaded and what started fresh. The architecture must match this system's."""
-        from emotion_ssl.export.frozen import load_strict, read_weights, teacher_context_state
+        loaded and what started fresh. The architecture must match this system's, except for
+        where the same stack of blocks is split into prenet and shared blocks: data2vec 2.0
+        base's 0 + 12 load into emotion2vec's 4 + 8 (`resplit_blocks`, docs/interop.md)."""
+        from emotion_ssl.export.frozen import (
+            load_strict,
+            read_weights,
+            resplit_blocks,
+            teacher_context_state,
+            validate_weights,
+        )
 
         weights = read_weights(path)
+        source, resplit = weights.config, None
+        if (
+            source.prenet_depth != self.config.prenet_depth
+            and source.num_layers == self.config.num_layers
+        ):
+            validate_weights(weights)  # key errors name the file's own block numbers
+            weights = resplit_blocks(weights, self.config.prenet_depth)
+            P, N = self.config.prenet_depth, source.num_layers
+            # blocks counted along the source's chain (prenet first): data2vec 2.0's blocks.i
+            resplit = (f"source blocks 0..{P - 1} -> prenet 0..{P - 1}, " if P else "") + (
+                f"source blocks {P}..{N - 1} -> shared 0..{N - P - 1} (the source has "
+                f"{source.prenet_depth} prenet + {source.depth} shared blocks)"
+            )
         fresh_tokens = (
             weights.config.num_utterance_tokens == 0 and self.config.num_utterance_tokens > 0
         )
@@ -262,25 +285,30 @@ class PretrainSystem(L.LightningModule):
                 f"(this run vs file): {differences}"
             )
         report = {"student": "loaded"}
+        if resplit is not None:
+            report["blocks"] = resplit
         encoder_state = dict(weights.encoder_state)
-        if fresh_tokens:  # data2vec 2.0 has no utterance tokens: keep our fresh ones
-            encoder_state["context.utterance_tokens"] = self.student.context.utterance_tokens
-            report["utterance_tokens"] = "fresh (the source has none)"
-        load_strict(self.student, encoder_state, f"{path} (student)")
-        if weights.decoder_state is not None:
-            load_strict(self.decoder, weights.decoder_state, f"{path} (decoder)")
-            report["decoder"] = "loaded"
-        else:
-            report["decoder"] = "fresh (the source has none)"
         teacher = teacher_context_state(weights)
-        if teacher is not None:
-            if fresh_tokens:
-                teacher["utterance_tokens"] = self.student.context.utterance_tokens.detach()
-            load_strict(self.teacher.encoder, teacher, f"{path} (teacher)")
-            report["teacher"] = "loaded from the source's teacher (_ema)"
-        else:
-            self.teacher.copy_from(self.student.context)
-            report["teacher"] = "copied from the student"
+        # at fit start FSDP has sharded the parameters: fill whole ones, each rank keeps its part
+        strategy_model = self._trainer.strategy.model if self._trainer is not None else None
+        with full_parameters(strategy_model or self):
+            if fresh_tokens:  # data2vec 2.0 has no utterance tokens: keep our fresh ones
+                encoder_state["context.utterance_tokens"] = self.student.context.utterance_tokens
+                report["utterance_tokens"] = "fresh (the source has none)"
+            load_strict(self.student, encoder_state, f"{path} (student)")
+            if weights.decoder_state is not None:
+                load_strict(self.decoder, weights.decoder_state, f"{path} (decoder)")
+                report["decoder"] = "loaded"
+            else:
+                report["decoder"] = "fresh (the source has none)"
+            if teacher is not None:
+                if fresh_tokens:
+                    teacher["utterance_tokens"] = self.student.context.utterance_tokens.detach()
+                load_strict(self.teacher.encoder, teacher, f"{path} (teacher)")
+                report["teacher"] = "loaded from the source's teacher (_ema)"
+            else:
+                self.teacher.copy_from(self.student.context)
+                report["teacher"] = "copied from the student"
         logging.getLogger(__name__).info("init_from %s: %s", path, report)
         return report
 

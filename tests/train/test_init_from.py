@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from fairseq_files import tiny_fairseq_file
+from fairseq_files import tiny_data2vec2_file, tiny_fairseq_file
 
+from emotion_ssl.export.fairseq import AUDIO_PREFIX
+from emotion_ssl.export.frozen import StateDictMismatchError
 from emotion_ssl.models import EncoderConfig
 from emotion_ssl.train.pretrain import PretrainSystem
 
@@ -106,3 +108,109 @@ def test_init_from_applies_when_fit_starts_not_when_resuming(tmp_path: Path) -> 
     assert torch.equal(
         resumed.student.context.blocks[0].attn.qkv.weight, encoder.context.blocks[0].attn.qkv.weight
     )
+
+
+# ------------------------------------------- data2vec 2.0 base layout (0 prenet + N shared)
+def test_data2vec2_layout_maps_blocks_into_prenet_and_shared(tmp_path: Path) -> None:
+    """data2vec 2.0's blocks.0..1 -> prenet 0..1 and blocks.2..3 -> shared 0..1 here (base:
+    blocks.0..3 -> prenet, 4..11 -> shared); teacher from `_ema`, utterance tokens fresh."""
+    path, file = tiny_data2vec2_file(tmp_path / "d2v.pt", depth=4, teacher_shift=0.25)
+    system = PretrainSystem(preset="tiny", encoder_overrides={"prenet_depth": 2}, top_k=2)
+    fresh = system.student.context.utterance_tokens.detach().clone()
+    report = system.load_pretrained(str(path))
+    assert report == {
+        "student": "loaded",
+        "blocks": "source blocks 0..1 -> prenet 0..1, source blocks 2..3 -> shared 0..1 "
+        "(the source has 0 prenet + 4 shared blocks)",
+        "utterance_tokens": "fresh (the source has none)",
+        "decoder": "loaded",
+        "teacher": "loaded from the source's teacher (_ema)",
+    }
+    student, teacher = system.student.context, system.teacher.encoder
+    ema = file["_ema"]
+    for source, ours in [(0, student.prenet[0]), (1, student.prenet[1])] + [
+        (2, student.blocks[0]),
+        (3, student.blocks[1]),
+    ]:
+        for key, value in ours.state_dict().items():
+            assert torch.equal(value, file[f"blocks.{source}.{key}"]), (source, key)
+    for source, ours in [(0, teacher.prenet[0]), (1, teacher.prenet[1])] + [
+        (2, teacher.blocks[0]),
+        (3, teacher.blocks[1]),
+    ]:
+        for key, value in ours.state_dict().items():
+            assert torch.equal(value, ema[f"blocks.{source}.{key}"]), (source, key)
+    A = AUDIO_PREFIX
+    assert torch.equal(student.prenet_norm.weight, file[f"{A}context_encoder.norm.weight"])
+    assert torch.equal(teacher.prenet_norm.bias, ema[f"{A}context_encoder.norm.bias"])
+    assert torch.equal(
+        teacher.pos_conv.layers[4].weight, ema[f"{A}relative_positional_encoder.5.0.weight"]
+    )
+    assert torch.equal(system.decoder.proj.weight, file[f"{A}decoder.proj.weight"])
+    assert torch.equal(student.utterance_tokens, fresh)
+    assert torch.equal(teacher.utterance_tokens, fresh)
+
+
+def test_data2vec2_teacher_of_shared_blocks_only(tmp_path: Path) -> None:
+    """`ema_encoder_only`: `_ema` holds the blocks alone; they are renumbered like the
+    student's, everything else of the teacher comes from the student."""
+    path, file = tiny_data2vec2_file(tmp_path / "d2v.pt", teacher_shift=0.25, ema_encoder_only=True)
+    system = PretrainSystem(preset="tiny", top_k=2)  # 1 prenet + 2 shared from 3 blocks
+    system.load_pretrained(str(path))
+    teacher = system.teacher.encoder
+    assert torch.equal(teacher.prenet[0].mlp.fc1.weight, file["_ema"]["0.mlp.fc1.weight"])
+    assert torch.equal(teacher.blocks[1].norm2.bias, file["_ema"]["2.norm2.bias"])
+    assert torch.equal(teacher.prenet_norm.weight, system.student.context.prenet_norm.weight)
+
+
+def test_data2vec2_missing_block_key_is_named_in_the_files_numbering(tmp_path: Path) -> None:
+    path, _ = tiny_data2vec2_file(tmp_path / "d2v.pt", drop=("blocks.0.attn.qkv.bias",))
+    system = PretrainSystem(preset="tiny", top_k=2)
+    with pytest.raises(
+        StateDictMismatchError, match=r"missing keys \['context.blocks.0.attn.qkv.bias'\]"
+    ):
+        system.load_pretrained(str(path))
+
+
+def test_data2vec2_init_from_starts_training(tmp_path: Path) -> None:
+    """`PretrainSystem(preset="tiny", init_from=<data2vec 2.0 layout file>)` trains; with lr 0
+    the student keeps the file's weights and the teacher moves from `_ema` by exactly one EMA
+    step towards them."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from emotion_ssl.data.batch import AudioBatch
+
+    torch.set_num_threads(1)
+    path, file = tiny_data2vec2_file(tmp_path / "d2v.pt", teacher_shift=0.25)
+    waves = torch.randn(2, 12000, generator=torch.Generator().manual_seed(0)) * 0.1
+    batches = DataLoader(
+        [waves[0], waves[1]],
+        batch_size=2,
+        collate_fn=lambda w: AudioBatch(
+            torch.stack(w), torch.tensor([12000] * len(w)), torch.full((len(w),), -1), ["a", "b"]
+        ),
+    )
+    system = PretrainSystem(preset="tiny", top_k=2, num_clones=2, init_from=str(path), lr=0.0)
+    L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    ).fit(system, batches)
+    assert system.global_step == 1
+    tau = system.teacher.decay(1)
+    pairs = [(system.student.context.prenet[0], system.teacher.encoder.prenet[0], 0)] + [
+        (system.student.context.blocks[i], system.teacher.encoder.blocks[i], i + 1)
+        for i in range(2)
+    ]
+    for student, teacher, source in pairs:
+        for key, value in student.state_dict().items():
+            assert torch.equal(value, file[f"blocks.{source}.{key}"]), (source, key)
+            start = file["_ema"][f"blocks.{source}.{key}"]
+            torch.testing.assert_close(
+                teacher.state_dict()[key], start.lerp(value, 1.0 - tau), rtol=0, atol=1e-7
+            )
+            assert not torch.equal(teacher.state_dict()[key], start)
