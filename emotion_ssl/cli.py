@@ -267,6 +267,20 @@ def extract(args: list[str]) -> None:
         help="CPU: threads that each encode whole batches with one torch thread "
         "(2 with 10 s batches measured 1.14-1.2x one worker on 2 cores; docs/performance.md)",
     )
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnxruntime"],
+        default="auto",
+        help="auto: on a CPU (float32, at least 5 min of audio) ONNX Runtime when a timed trial "
+        "on the first batch finds it faster, else torch; the choice is printed "
+        "(emotion_ssl/export/ort.py)",
+    )
+    parser.add_argument(
+        "--onnx-cache",
+        default=None,
+        help="folder for the ONNX export of the encoder, one file per weights "
+        "(default $EMOTION_SSL_ONNX_CACHE or <tmp>/emotion-ssl-onnx)",
+    )
     parser.add_argument("--chunk-seconds", type=float, default=30.0)
     parser.add_argument("--overlap-seconds", type=float, default=4.0)
     parser.add_argument("--no-progress", action="store_true")
@@ -279,6 +293,8 @@ def extract(args: list[str]) -> None:
         overlap_seconds=opts.overlap_seconds,
         dtype=opts.dtype,
         workers=opts.workers,
+        backend=opts.backend,
+        onnx_cache=opts.onnx_cache,
     )
     from pathlib import Path
 
@@ -293,6 +309,8 @@ def extract(args: list[str]) -> None:
         f"extracted {counts['extracted']}, already done {counts['already_done']}, "
         f"failed {counts['failed']} -> {out / 'index.jsonl'}"
     )
+    if extractor.backend_note:
+        print(f"backend: {extractor.backend_note}")
 
 
 def evaluate(args: list[str]) -> None:

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from torch import Tensor
 from emotion_ssl.data.audio import AudioReadError, load_audio
 from emotion_ssl.data.manifest import ManifestEntry
 from emotion_ssl.models.encoder import EmotionEncoder, masked_mean
+
+if TYPE_CHECKING:
+    from emotion_ssl.export.ort import OrtBatchEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +62,16 @@ class ExtractConfig:
         (torch releases the GIL), instead of one batch at a time over all threads. Same
         outputs; on 2 cores, 2 workers with 10 s batches measured 1.14-1.2x one worker
         (benchmarks/extract_speed.py). Ignored on a GPU.
-    batch_seconds and workers change the speed, not the features (within 1e-5): an extraction
-    folder may be resumed with other values.
+    backend: "torch" (eager PyTorch), "onnxruntime" (CPU, float32: the encoder exported to
+        ONNX once per weights and run by ONNX Runtime; frames within 1e-4 of torch) or "auto"
+        (onnxruntime when a timed trial on the first batch finds it faster, for a CPU float32
+        extraction of at least 5 min of audio; `emotion-ssl extract`'s default). Rules,
+        threads and the export cache: emotion_ssl/export/ort.py.
+    onnx_cache: folder of the exported ONNX files (None: $EMOTION_SSL_ONNX_CACHE or
+        <tmp>/emotion-ssl-onnx); a file is named by a hash of the weights and config.
+    batch_seconds, workers, backend and onnx_cache change the speed, not the features
+    (within 1e-5 for torch, 1e-4 across backends): an extraction folder may be resumed with
+    other values.
     """
 
     layer: int = -1
@@ -70,11 +81,15 @@ class ExtractConfig:
     overlap_seconds: float = 4.0
     dtype: Literal["float32", "bfloat16"] = "float32"
     workers: int = 1
+    backend: Literal["torch", "onnxruntime", "auto"] = "torch"
+    onnx_cache: str | None = None
 
     def __post_init__(self) -> None:
         self.outputs = tuple(self.outputs)
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.backend not in ("torch", "onnxruntime", "auto"):
+            raise ValueError(f"backend must be torch, onnxruntime or auto; got {self.backend!r}")
         unknown = set(self.outputs) - {"frames", "utterance", "tokens"}
         if unknown or not self.outputs:
             raise ValueError(f"outputs must be frames, utterance and/or tokens; got {self.outputs}")
@@ -113,6 +128,9 @@ class FeatureExtractor:
         self.hop = hop
         self.chunk = int(self.config.chunk_seconds * SAMPLE_RATE) // hop * hop
         self.stride = self.chunk - int(self.config.overlap_seconds * SAMPLE_RATE) // hop * hop
+        self.backend: str | None = None  # "torch" or "onnxruntime", chosen by the first extract
+        self.backend_note = ""  # which backend runs, and why
+        self._onnx: OrtBatchEncoder | None = None
 
     # ------------------------------------------------------------------ segments
     def _segments(self, index: int, audio: np.ndarray) -> list[_Segment]:
@@ -143,6 +161,8 @@ class FeatureExtractor:
     # ------------------------------------------------------------------ encoding
     @torch.inference_mode()
     def _encode(self, batch: list[_Segment]) -> list[dict[str, Tensor]]:
+        if self._onnx is not None:
+            return self._onnx([s.audio for s in batch])
         lengths = torch.tensor([len(s.audio) for s in batch])
         waves = torch.zeros(len(batch), int(lengths.max()))
         for row, segment in enumerate(batch):
@@ -165,8 +185,12 @@ class FeatureExtractor:
         """Features of each recording, in input order (see the module docstring)."""
         segments = [s for i, audio in enumerate(recordings) for s in self._segments(i, audio)]
         batches = list(self._batches(segments))
+        first = None
+        if self.backend is None and batches:
+            first = self._choose_backend(batches[0], sum(map(len, recordings)) / SAMPLE_RATE)
+        rest = self._encode_all(batches[1:] if first is not None else batches)
         encoded: dict[tuple[int, int], dict[str, Tensor]] = {}
-        for batch, results in zip(batches, self._encode_all(batches), strict=True):
+        for batch, results in zip(batches, rest if first is None else [first, *rest], strict=True):
             for segment, result in zip(batch, results, strict=True):
                 encoded[(segment.recording, segment.start)] = result
         outputs = []
@@ -174,6 +198,31 @@ class FeatureExtractor:
             parts = [(s.start, encoded[(index, s.start)]) for s in self._segments(index, audio)]
             outputs.append(self._assemble(len(audio), parts))
         return outputs
+
+    def _choose_backend(
+        self, batch: list[_Segment], seconds: float
+    ) -> list[dict[str, Tensor]] | None:
+        """Resolve config.backend (emotion_ssl/export/ort.py); returns the batch's outputs
+        when the decision computed them."""
+        from emotion_ssl.export.ort import choose_backend
+
+        torch_threads = torch.get_num_threads()
+        workers = self.config.workers if self.device.type == "cpu" else 1
+        choice = choose_backend(
+            self.config.backend,
+            self.encoder,
+            layer=self.config.layer,
+            device=self.device,
+            dtype=self.config.dtype,
+            seconds=seconds,
+            threads=max(1, torch_threads // workers),  # the cores, shared by the workers
+            cache_dir=self.config.onnx_cache,
+            first_batch=[s.audio for s in batch],
+            torch_encode=lambda: self._encode(batch),
+        )
+        self.backend, self.backend_note, self._onnx = choice.backend, choice.note, choice.runner
+        logger.info("extraction backend: %s", self.backend_note)
+        return choice.first_batch
 
     def _encode_all(self, batches: list[list[_Segment]]) -> list[list[dict[str, Tensor]]]:
         workers = min(self.config.workers, len(batches))
@@ -387,7 +436,7 @@ def write_extract_config(out_dir: Path, encoder_path: str, config: ExtractConfig
     """Record the settings; a resumed extraction must use the same ones."""
     settings = {"encoder": str(encoder_path), "format": fmt, **asdict(config)}
     settings["outputs"] = list(config.outputs)
-    for speed_only in ("batch_seconds", "workers"):  # the same features, so resumable
+    for speed_only in ("batch_seconds", "workers", "backend", "onnx_cache"):  # resumable
         del settings[speed_only]
     path = out_dir / "extract_config.json"
     if path.exists():

@@ -20,7 +20,10 @@ The graph (dynamic axes: batch, samples, frames):
 Only the number of valid samples per row is read from `padding_mask` (padding must be a
 suffix, as `collate` makes it). Valid frames, `utterance` and `tokens` equal `EmotionEncoder`'s
 in eval mode; padded frames carry no meaning. The file's metadata (`custom_metadata_map`) holds
-the encoder config, sample and frame rates and `min_samples`, the shortest valid utterance.
+the encoder config, sample and frame rates, `min_samples` (the shortest valid utterance) and
+`layer`. `export_onnx(..., layer=k)` makes `frames` (and `utterance`) those of block k
+(0-based over prenet then shared blocks) instead of the final block; `tokens` stay the final
+block's. Feature extraction runs such files through `emotion_ssl.export.ort`.
 """
 
 from __future__ import annotations
@@ -64,9 +67,14 @@ class MaskedEncoder(nn.Module):
     serves any batch and any padding. An all-False mask gives the unpadded forward exactly.
     """
 
-    def __init__(self, encoder: EmotionEncoder) -> None:
+    def __init__(self, encoder: EmotionEncoder, layer: int = -1) -> None:
+        """layer: the block whose output gives `frames` and `utterance` (-1 = the final one)."""
         super().__init__()
+        num_blocks = encoder.config.num_layers
+        if not -1 <= layer < num_blocks:
+            raise ValueError(f"layer {layer} not in [-1, {num_blocks - 1}]")
         self.encoder = encoder
+        self.layer = layer
 
     def forward(
         self, waveforms: Tensor, padding_mask: Tensor
@@ -86,19 +94,30 @@ class MaskedEncoder(nn.Module):
         frame_padding = lengths_to_padding_mask(frame_lengths, x.size(1))  # (B, T)
         # zero padded frames, as the eager forward does: nothing downstream may read them
         x = x.masked_fill(frame_padding.unsqueeze(-1), 0.0)
-        out = encoder.context(x, frame_padding)
-        frames = out.frames  # (B, T, D)
+        out = encoder.context(x, frame_padding, return_layers=self.layer != -1)
+        if self.layer == -1:
+            frames = out.frames  # (B, T, D)
+        else:
+            assert out.layers is not None
+            frames = out.layers[self.layer][:, out.num_tokens :]  # (B, T, D) of block `layer`
         return frames, frame_padding, masked_mean(frames, frame_padding), out.tokens
 
 
-def export_onnx(encoder: EmotionEncoder, path: str | Path, opset: int = 18) -> Path:
+def export_onnx(
+    encoder: EmotionEncoder,
+    path: str | Path,
+    opset: int = 18,
+    layer: int = -1,
+    metadata: dict[str, str] | None = None,
+) -> Path:
     """Write `encoder` (eval mode, float32, CPU) to one self-contained .onnx file.
 
     Inputs `waveforms`, `padding_mask`; outputs `frames`, `frame_padding_mask`, `utterance`,
     `tokens` (shapes in the module docstring), with dynamic axes named batch, samples, frames.
     The caller's encoder is not changed (a float32 copy is exported). `opset` must be at least
-    18, the lowest torch's exporter writes. Takes about 20 s on a CPU (mostly symbolic shape
-    reasoning, whatever the model size). Returns `path`.
+    18, the lowest torch's exporter writes. `layer`: the block giving `frames` (-1 = final).
+    `metadata`: extra entries for the file's metadata map. Takes about 20 s on a CPU (mostly
+    symbolic shape reasoning, whatever the model size). Returns `path`.
     """
     if opset < MIN_OPSET:
         raise ValueError(
@@ -108,7 +127,8 @@ def export_onnx(encoder: EmotionEncoder, path: str | Path, opset: int = 18) -> P
     _require("onnxscript", "export")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    module = MaskedEncoder(copy.deepcopy(encoder).cpu().float().eval()).requires_grad_(False)
+    module = MaskedEncoder(copy.deepcopy(encoder).cpu().float().eval(), layer)
+    module.requires_grad_(False)
     config = encoder.config
     min_samples = encoder.min_samples
     # a padded example; batch and samples stay symbolic, so these sizes are not baked in
@@ -145,8 +165,10 @@ def export_onnx(encoder: EmotionEncoder, path: str | Path, opset: int = 18) -> P
             "feature_dim": str(config.embed_dim),
             "num_utterance_tokens": str(config.num_utterance_tokens),
             "min_samples": str(min_samples),
+            "layer": str(layer),
             "inputs": ", ".join(INPUT_NAMES),
             "outputs": ", ".join(OUTPUT_NAMES),
+            **(metadata or {}),
         }
     )
     # one file: even the base encoder (about 370 MB) is far below protobuf's 2 GB limit
@@ -187,16 +209,26 @@ class OnnxEncoder:
     """
 
     def __init__(
-        self, path: str | Path, providers: list[str] | None = None, num_threads: int = 0
+        self,
+        path: str | Path,
+        providers: list[str] | None = None,
+        num_threads: int = 0,
+        spin: bool = True,
     ) -> None:
         """providers: onnxruntime execution providers (default CPU); num_threads: intra-op
-        threads (0 = onnxruntime's default, one per core)."""
+        threads (0 = onnxruntime's default, one per core); spin: let idle intra-op threads
+        busy-wait for the next operator (onnxruntime's default; off gives cores back to other
+        processes between operators). All graph optimisations are on (operator fusion, NCHWc
+        convolution layouts)."""
         ort = _require("onnxruntime", "run")
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such ONNX file")
         options = ort.SessionOptions()
         options.intra_op_num_threads = num_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             str(self.path), options, providers=providers or ["CPUExecutionProvider"]
         )
@@ -233,13 +265,14 @@ class OnnxEncoder:
 
 
 def _require(package: str, what: str) -> Any:
-    """Import an optional package (a dev dependency) or say how to install it."""
+    """Import an ONNX package (a dependency; missing in a partial install) or say how to get it."""
     try:
         return importlib.import_module(package)
     except ImportError as error:
         raise ImportError(
             f"emotion_ssl.export.onnx: to {what} ONNX encoders install {package} "
-            "(`pip install -e '.[dev]'` brings onnx, onnxscript and onnxruntime)"
+            "(a dependency of emotion-ssl: `pip install -e .` brings onnx, onnxscript and "
+            "onnxruntime)"
         ) from error
 
 
