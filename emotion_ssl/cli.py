@@ -41,6 +41,11 @@ def pretrain(args: list[str]) -> Any:
     from emotion_ssl.train.callbacks import LossCurves
     from emotion_ssl.train.checkpoint import AtomicCheckpointIO
     from emotion_ssl.train.pretrain import PretrainSystem
+    from emotion_ssl.utils.launch import (
+        rank_command,
+        stop_ranks_on_failure,
+        watch_rank_startup,
+    )
 
     class PretrainCLI(LightningCLI):
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -60,14 +65,20 @@ def pretrain(args: list[str]) -> Any:
                 plugins.append(AtomicCheckpointIO())  # never a half-written checkpoint
             config["plugins"] = plugins
             callbacks = [*callbacks, LossCurves()]
-            return super()._instantiate_trainer(config, callbacks)
+            trainer = super()._instantiate_trainer(config, callbacks)
+            watch_rank_startup(trainer)  # a rank that never starts ends the run at once
+            trainers.append(trainer)
+            return trainer
 
     # the teacher's modules are in eval mode on purpose
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     # no valid_manifest: the data module's empty validation list is intended
     warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
-    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads `args`, not the process argv
-    try:
+    # sys.argv is set to this command on purpose (rank_command) and `args` says the same
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+    trainers: list[Any] = []
+    # Lightning's launcher starts the other ranks by re-running sys.argv: make it this command
+    with rank_command("pretrain", args), stop_ranks_on_failure(trainers):
         return PretrainCLI(
             PretrainSystem,
             PretrainDataModule,
@@ -82,8 +93,6 @@ def pretrain(args: list[str]) -> Any:
                 "log_every_n_steps": 10,
             },
         )
-    finally:
-        sys.argv = argv
 
 
 def demo(args: list[str]) -> None:
@@ -369,6 +378,7 @@ def finetune(args: list[str]) -> Any:
 
     from emotion_ssl.data.labelled import LabelledDataModule
     from emotion_ssl.train.finetune import FinetuneSystem
+    from emotion_ssl.utils.launch import rank_command, stop_ranks_on_failure, watch_rank_startup
 
     def classes(data: LabelledDataModule) -> list[str]:
         data.setup("fit")
@@ -394,8 +404,10 @@ def finetune(args: list[str]) -> Any:
             )
 
     warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
-    argv, sys.argv = sys.argv, sys.argv[:1]
-    try:
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+    trainers: list[Any] = []
+    # Lightning's launcher starts the other ranks by re-running sys.argv: make it this command
+    with rank_command("finetune", args), stop_ranks_on_failure(trainers):
         cli = FinetuneCLI(
             FinetuneSystem,
             LabelledDataModule,
@@ -411,13 +423,13 @@ def finetune(args: list[str]) -> Any:
                 "log_every_n_steps": 10,
             },
         )
-    finally:
-        sys.argv = argv
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    if cli.datamodule.test_dataset is not None:
-        checkpoint = cli.trainer.checkpoint_callback
-        best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
-        cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None)
+        trainers.append(cli.trainer)
+        watch_rank_startup(cli.trainer)  # a rank that never starts ends the run at once
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        if cli.datamodule.test_dataset is not None:
+            checkpoint = cli.trainer.checkpoint_callback
+            best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+            cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None)
     return cli
 
 

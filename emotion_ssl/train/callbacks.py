@@ -9,6 +9,16 @@ from typing import Any
 import lightning as L
 import torch
 
+
+def run_folder(trainer: L.Trainer) -> Path:
+    """The run's folder: the logger's `log_dir` (runs/pretrain/version_N), else the Trainer's
+    root folder. Read without `trainer.log_dir`, which broadcasts from rank 0 under DDP and so
+    must run on every rank: called on rank 0 alone, it waits forever for the others."""
+    logger = trainer.logger
+    log_dir = getattr(logger, "log_dir", None) if logger is not None else None
+    return Path(log_dir or trainer.default_root_dir)
+
+
 PLOTTED = ("train/loss", "train/frame_loss", "train/utterance_loss", "train/category_loss")
 
 
@@ -52,7 +62,7 @@ class LossCurves(L.Callback):
     def write(self, trainer: L.Trainer) -> None:
         if not trainer.is_global_zero or not self.rows:
             return
-        out = Path(trainer.log_dir or trainer.default_root_dir)
+        out = run_folder(trainer)
         out.mkdir(parents=True, exist_ok=True)
         keys = ["step", *[k for k in PLOTTED if any(k in r for r in self.rows)]]
         with open(out / "losses.csv", "w", newline="") as f:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -16,6 +15,7 @@ from torch import Tensor, nn
 from emotion_ssl.data.batch import AudioBatch
 from emotion_ssl.export.frozen import build_encoder, read_weights
 from emotion_ssl.models.heads import ClassificationHead, Pooling
+from emotion_ssl.train.callbacks import run_folder
 from emotion_ssl.train.metrics import classification_scores, plot_confusion
 
 Freeze = Literal["all", "top", "none"]
@@ -189,7 +189,7 @@ class FinetuneSystem(L.LightningModule):
             {f"{stage}/{k}": v for k, v in scores.as_dict().items()}, prog_bar=stage == "val"
         )
         if stage == "test" and self.trainer.is_global_zero:
-            out = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+            out = run_folder(self.trainer)
             out.mkdir(parents=True, exist_ok=True)
             (out / "test_results.json").write_text(
                 json.dumps(

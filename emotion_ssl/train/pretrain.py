@@ -440,12 +440,38 @@ class PretrainSystem(L.LightningModule):
             "train/category_skipped": losses.category_skip_reason.float(),
             "train/ema_decay": self.teacher.decay(self.global_step),
         }
+        log.update(self._global_means(log, self.GLOBAL_MEAN_KEYS))
         self.log_dict(log, prog_bar=False, batch_size=batch.waveforms.size(0))
         self.log(
-            "loss", losses.total, prog_bar=True, logger=False, batch_size=batch.waveforms.size(0)
+            "loss",
+            log["train/loss"],
+            prog_bar=True,
+            logger=False,
+            batch_size=batch.waveforms.size(0),
         )
         self._audio_seconds = batch.lengths.sum() / 16000.0
         return losses.total
+
+    # logged as the mean over ranks: every rank logs the same value for the global batch
+    GLOBAL_MEAN_KEYS = (
+        "train/loss",
+        "train/frame_loss",
+        "train/utterance_loss",
+        "train/category_loss",
+        "train/target_std",
+        "train/prediction_std",
+    )
+
+    def _global_means(self, log: dict[str, Tensor | float], keys: tuple[str, ...]) -> dict:
+        """The rank mean of `log[key]` for each key, in one all-reduce (no host read); the
+        values themselves with one process."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return {}
+        present = [k for k in keys if isinstance(log.get(k), Tensor)]
+        stacked = torch.stack([log[k].detach().float() for k in present])  # type: ignore[union-attr]
+        mean = trainer.strategy.reduce(stacked, reduce_op="mean")
+        return dict(zip(present, mean.unbind(), strict=True))
 
     def _skip_on_device(self, finite: Tensor, batch_idx: int) -> bool:
         """With a fused optimizer (it accepts `found_inf`, as under AMP's GradScaler), hand it
