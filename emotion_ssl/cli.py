@@ -344,6 +344,13 @@ def evaluate(args: list[str]) -> None:
     parser.add_argument("--labels", help="comma list fixing the class order")
     parser.add_argument("--epochs", type=int, default=ProbeConfig.epochs)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--valid-split",
+        choices=["speaker", "class"],
+        default=ProbeConfig.valid_split,
+        help="the probe's validation (its epoch choice): whole training speakers (default) or "
+        "a share of each class over the same speakers",
+    )
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--no-progress", action="store_true")
     opts = parser.parse_args(args)
@@ -354,7 +361,7 @@ def evaluate(args: list[str]) -> None:
         folds="all" if opts.folds == "all" else opts.folds.split(","),
         fold_field=opts.fold_field,
         baselines=[b for b in opts.baselines.split(",") if b],
-        probe=ProbeConfig(epochs=opts.epochs, seed=opts.seed),
+        probe=ProbeConfig(epochs=opts.epochs, seed=opts.seed, valid_split=opts.valid_split),
         layer=opts.layer,
         labels=opts.labels.split(",") if opts.labels else None,
         device=opts.device,

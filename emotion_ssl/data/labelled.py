@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from emotion_ssl.data.audio import TARGET_RATE, load_audio, resampled_length
 from emotion_ssl.data.batch import AudioItem, collate_audio
 from emotion_ssl.data.manifest import ManifestEntry, read_manifest
+from emotion_ssl.data.splits import ValidSplit, holdout
 
 logger = logging.getLogger(__name__)
 
@@ -169,27 +170,22 @@ class LabelledDataset(Dataset[AudioItem]):
 
 
 def split_validation_entries(
-    entries: Sequence[ManifestEntry], fraction: float, seed: int
+    entries: Sequence[ManifestEntry], fraction: float, seed: int, by: ValidSplit = "speaker"
 ) -> tuple[list[ManifestEntry], list[ManifestEntry]]:
-    """Hold out about `fraction` of each label's entries (seeded) -> (train, validation).
+    """Hold out about `fraction` of the entries (seeded) -> (train, validation): whole
+    speakers (by="speaker"; "class" when speakers are missing) or a stratified share of each
+    label (by="class"), `emotion_ssl.data.splits`.
 
     The validation side is chosen from the training side only, so the test fold never steers
     early stopping or checkpoint choice (SPEC section 7: 20% of train for validation).
     """
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"valid_fraction must be in [0, 1), got {fraction}")
-    rng = np.random.default_rng(seed)
-    by_label: dict[str | None, list[int]] = {}
-    for i, entry in enumerate(entries):
-        by_label.setdefault(entry.label, []).append(i)
-    held: set[int] = set()
-    for label in sorted(by_label, key=str):
-        members = rng.permutation(by_label[label])
-        count = int(round(fraction * len(members))) if len(members) > 1 else 0
-        held.update(int(i) for i in members[:count])
-    train = [e for i, e in enumerate(entries) if i not in held]
-    valid = [e for i, e in enumerate(entries) if i in held]
-    return train, valid
+    split = holdout([e.label for e in entries], [e.speaker for e in entries], fraction, seed, by)
+    if fraction > 0 and split.by != by:
+        logger.info(
+            "validation holds out a share of each class: no whole speaker could be held out "
+            "(speakers missing, fewer than 2, or each the only voice of a class)"
+        )
+    return [entries[i] for i in split.train], [entries[i] for i in split.valid]
 
 
 class LabelledDataModule(L.LightningDataModule):
@@ -202,8 +198,11 @@ class LabelledDataModule(L.LightningDataModule):
     fold_field: "fold" (default) or another field, e.g. "speaker_fold" for IEMOCAP
         leave-one-speaker-out.
     label_names: class names in index order; None = the sorted labels of the training side.
-    valid_fraction: share of each class of the training side held out for validation
-        (early stopping, best checkpoint); 0 = no validation.
+    valid_fraction: share of the training side held out for validation (early stopping,
+        best checkpoint); 0 = no validation.
+    valid_split: "speaker" (default) holds out whole training speakers, as the test fold
+        holds unseen ones; "class" a stratified share of each class over the same speakers
+        (used anyway, and logged, when the manifest has no speakers).
     batch_size: utterances per batch; batches are zero padded to their longest item.
     max_sample_size: crop training clips to this many 16 kHz samples (None = whole clips);
         validation and test clips are never cropped and come longest first.
@@ -220,6 +219,7 @@ class LabelledDataModule(L.LightningDataModule):
         batch_size: int = 8,
         max_sample_size: int | None = 320_000,
         valid_fraction: float = 0.2,
+        valid_split: ValidSplit = "speaker",
         num_workers: int = 0,
         seed: int = 1,
     ) -> None:
@@ -235,6 +235,7 @@ class LabelledDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.max_sample_size = max_sample_size
         self.valid_fraction = valid_fraction
+        self.valid_split: ValidSplit = valid_split
         self.num_workers = num_workers
         self.seed = seed
         self.train_dataset: LabelledDataset | None = None
@@ -247,7 +248,10 @@ class LabelledDataModule(L.LightningDataModule):
         entries = read_manifest(self.manifest)
         name = self.manifest
         train = select_fold(entries, self.fold, "train", self.fold_field, name)
-        train, valid = split_validation_entries(train, self.valid_fraction, self.seed)
+        train, valid = split_validation_entries(
+            train, self.valid_fraction, self.seed, self.valid_split
+        )
+
         self.train_dataset = LabelledDataset(
             train,
             self.label_names,

@@ -160,12 +160,15 @@ def evaluate(
         y = np.array([label_names.index(str(e.label)) for e in usable])
         fold_of = np.array([str(e.extra[fold_field]) for e in usable])
         feats = [features[e.key] for e in usable]
+        speakers = [e.speaker for e in usable]  # validation holds out whole speakers
         confusion = np.zeros((len(label_names), len(label_names)), dtype=np.int64)
         per_fold = {}
         for fold in chosen:
             test_idx = np.flatnonzero(fold_of == fold)
             train_idx = np.flatnonzero(fold_of != fold)
-            scores, _, info = evaluate_fold(feats, y, train_idx, test_idx, len(label_names), probe)
+            scores, _, info = evaluate_fold(
+                feats, y, train_idx, test_idx, len(label_names), probe, speakers
+            )
             confusion += scores.confusion
             per_fold[fold] = {**scores.as_dict(), "n_test": int(len(test_idx)), **info}
             logger.info(

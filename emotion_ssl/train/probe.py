@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from emotion_ssl.data.splits import Holdout, ValidSplit, holdout
 from emotion_ssl.train.metrics import Scores, classification_scores
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,9 @@ class ProbeConfig:
     max_lr: float = 1e-3
     momentum: float = 0.9
     valid_fraction: float = 0.2
+    # whole training speakers held out for validation (the test fold holds other speakers);
+    # "class": a stratified share over the same speakers (before: flatters the chosen epoch)
+    valid_split: ValidSplit = "speaker"
     hidden: int = 256
     seed: int = 0
 
@@ -76,27 +80,32 @@ def predict(head: ProbeHead, features: Sequence[np.ndarray], batch_size: int = 2
 
 
 def split_validation(
-    labels: np.ndarray, fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified hold-out: about `fraction` of each class goes to validation."""
-    rng = np.random.default_rng(seed)
-    train: list[int] = []
-    valid: list[int] = []
-    for c in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == c))
-        n_valid = int(round(fraction * len(members))) if len(members) > 1 else 0
-        valid.extend(members[:n_valid])
-        train.extend(members[n_valid:])
-    return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(valid, dtype=np.int64))
+    labels: np.ndarray,
+    fraction: float,
+    seed: int,
+    speakers: Sequence[object] | None = None,
+    by: ValidSplit = "speaker",
+) -> Holdout:
+    """About `fraction` of the clips go to validation: whole speakers (by="speaker", when
+    speakers are given) or a stratified share of each class (`emotion_ssl.data.splits`)."""
+    return holdout([int(v) for v in labels], speakers, fraction, seed, by)
 
 
 def train_probe(
-    features: Sequence[np.ndarray], labels: np.ndarray, num_classes: int, config: ProbeConfig
+    features: Sequence[np.ndarray],
+    labels: np.ndarray,
+    num_classes: int,
+    config: ProbeConfig,
+    speakers: Sequence[object] | None = None,
 ) -> tuple[ProbeHead, dict[str, float]]:
-    """Train the head; returns the epoch with the best validation UA and its scores."""
+    """Train the head; returns the epoch with the best validation UA and its scores.
+    `speakers` (one per clip) lets the validation side hold out whole speakers."""
     torch.manual_seed(config.seed)
     labels = np.asarray(labels, dtype=np.int64)
-    train_idx, valid_idx = split_validation(labels, config.valid_fraction, config.seed)
+    split = split_validation(
+        labels, config.valid_fraction, config.seed, speakers, config.valid_split
+    )
+    train_idx, valid_idx = split.train, split.valid
     head = ProbeHead(features[0].shape[1], num_classes, config.hidden)
     optimizer = torch.optim.RMSprop(head.parameters(), lr=config.lr, momentum=config.momentum)
     steps_per_epoch = max(1, -(-len(train_idx) // config.batch_size))
@@ -127,7 +136,12 @@ def train_probe(
             best = (ua, {k: v.clone() for k, v in head.state_dict().items()}, epoch)
     head.load_state_dict(best[1])
     head.eval()
-    return head, {"valid_ua": best[0], "best_epoch": float(best[2])}
+    return head, {
+        "valid_ua": best[0],
+        "best_epoch": float(best[2]),
+        "valid_clips": float(len(valid_idx)),
+        "valid_by_speaker": float(split.by == "speaker"),
+    }
 
 
 def evaluate_fold(
@@ -137,10 +151,16 @@ def evaluate_fold(
     test_idx: np.ndarray,
     num_classes: int,
     config: ProbeConfig,
+    speakers: Sequence[object] | None = None,
 ) -> tuple[Scores, np.ndarray, dict[str, float]]:
-    """Train on `train_idx`, test on `test_idx` -> scores, test predictions, training info."""
+    """Train on `train_idx`, test on `test_idx` -> scores, test predictions, training info.
+    `speakers` (one per clip of `features`) lets validation hold out whole speakers."""
     head, info = train_probe(
-        [features[i] for i in train_idx], labels[train_idx], num_classes, config
+        [features[i] for i in train_idx],
+        labels[train_idx],
+        num_classes,
+        config,
+        None if speakers is None else [speakers[i] for i in train_idx],
     )
     pred = predict(head, [features[i] for i in test_idx])
     return classification_scores(labels[test_idx], pred, num_classes), pred, info

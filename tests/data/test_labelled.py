@@ -89,10 +89,19 @@ def test_data_module_holds_out_the_named_fold(folded_manifest: Path) -> None:
     test_batches = list(dm.test_dataloader())
     test_keys = [k for b in test_batches for k in b.keys]
     valid_keys = [k for b in dm.val_dataloader() for k in b.keys]
-    # 18 on the training side: 20% of each class (4 classes x round(0.2 x 4.5)) validates
+    # 18 on the training side (3 speakers x 6): one whole speaker (6 >= round(0.2 x 18))
+    # validates, so the chosen epoch is judged on an unseen voice, as the test fold is
     assert len(train_keys) + len(valid_keys) == 18 and len(test_keys) == 6
-    assert len(valid_keys) == 4 and dm.valid_dataset is not None
-    assert sorted(dm.valid_dataset.class_counts().values()) == [1, 1, 1, 1]
+    assert len(valid_keys) == 6 and dm.valid_dataset is not None
+    assert sorted(dm.valid_dataset.class_counts().values()) == [1, 1, 2, 2]
+    valid_speakers = {e.speaker for e in dm.valid_dataset.entries}
+    assert dm.train_dataset is not None and len(valid_speakers) == 1
+    assert not valid_speakers & {e.speaker for e in dm.train_dataset.entries}
+    # the stratified split of before, on request: 20% of each class (4 x round(0.2 x 4.5))
+    by_class = LabelledDataModule(str(folded_manifest), fold=4, valid_split="class")
+    by_class.setup("fit")
+    assert by_class.valid_dataset is not None
+    assert sorted(by_class.valid_dataset.class_counts().values()) == [1, 1, 1, 1]
     # three disjoint sides: the test fold never steers early stopping
     assert not set(train_keys) & set(test_keys)
     assert not set(valid_keys) & (set(train_keys) | set(test_keys))

@@ -43,6 +43,8 @@ def test_ravdess_evaluation_writes_tables_and_plots(
         assert np.asarray(r["confusion"]).sum() == 240  # every utterance tested once
         for fold in r["folds"].values():
             assert 0.0 <= fold["ua"] <= 1.0 and 0.0 <= fold["wa"] <= 1.0
+            # the probe's epoch was chosen on a held-out training actor (60 clips of 180)
+            assert fold["valid_by_speaker"] == 1.0 and fold["valid_clips"] == 60
     # speaker independence: each fold's test actors are absent from its training side
     folds = {}
     for e in entries:
@@ -85,7 +87,9 @@ def test_probe_learns_separable_frames() -> None:
 
 def test_validation_split_is_stratified() -> None:
     labels = np.array([0] * 10 + [1] * 5 + [2])
-    train, valid = split_validation(labels, 0.2, seed=0)
+    split = split_validation(labels, 0.2, seed=0)  # no speakers: stratified by class
+    train, valid = split.train, split.valid
+    assert split.by == "class"
     assert sorted(np.concatenate([train, valid]).tolist()) == list(range(16))
     assert np.bincount(labels[valid], minlength=3).tolist() == [
         2,
