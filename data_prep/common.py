@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -62,7 +63,8 @@ class HeaderInfo:
 
 @dataclass(frozen=True)
 class HeaderFailure:
-    """A file whose header could not be read; `reason` is "empty" or "unreadable"."""
+    """A file whose header could not be read; `reason` is "empty", "unreadable" or
+    "truncated" (the header promises more audio than the file holds)."""
 
     path: Path
     reason: str
@@ -77,6 +79,9 @@ def read_header(path: Path) -> HeaderInfo | HeaderFailure:
         info = sf.info(str(path))
     except Exception as e:  # one bad file must never stop a scan of thousands
         return HeaderFailure(path, "unreadable", f"{type(e).__name__}: {e}".strip())
+    cut = truncation(info.extra_info, info.frames / info.samplerate if info.samplerate else 0.0)
+    if cut is not None:
+        return HeaderFailure(path, "truncated", cut)
     return HeaderInfo(
         path=path,
         num_samples=int(info.frames),
@@ -84,6 +89,27 @@ def read_header(path: Path) -> HeaderInfo | HeaderFailure:
         channels=int(info.channels),
         format=str(info.format),
         subtype=str(info.subtype),
+    )
+
+
+_DATA_CHUNK = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+
+
+def truncation(extra_info: str, seconds: float) -> str | None:
+    """How a WAV file was cut short, from libsndfile's header log, or None.
+
+    libsndfile quietly limits a data chunk that claims more bytes than the file holds (its
+    log says `data : 96000 (should be 32000)`) and reports only what is there, so a copy cut
+    short would pass for a shorter recording."""
+    match = _DATA_CHUNK.search(extra_info or "")
+    if match is None:
+        return None
+    claimed, present = int(match[1]), int(match[2])
+    if claimed <= present or present <= 0:
+        return None
+    return (
+        f"the header says {seconds * claimed / present:.3f} s, the file holds {seconds:.3f} s "
+        "(cut short: copy it again)"
     )
 
 

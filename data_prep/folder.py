@@ -13,6 +13,8 @@ Reasons a file is rejected:
 
     unreadable     libsndfile cannot open it (corrupt, truncated header, unknown format),
                    or with --decode the samples cannot be decoded
+    truncated      the header promises more audio than the file holds (a copy cut short;
+                   WAV from the header, any format with --decode)
     empty          a 0-byte file or a header with no samples
     too_short      shorter than --min-seconds
     channels       more than --max-channels channels
@@ -45,11 +47,19 @@ from data_prep.common import (
     run_main,
     write_json,
 )
-from emotion_ssl.data.audio import TARGET_RATE, AudioReadError, load_audio
+from emotion_ssl.data.audio import TARGET_RATE, AudioReadError, load_audio, resampled_length
 from emotion_ssl.data.manifest import ManifestEntry, write_manifest, write_text_atomically
 
 AUDIO_EXTENSIONS = ("wav", "flac", "ogg", "mp3")
-REASONS = ("unreadable", "empty", "too_short", "channels", "sample_rate", "duplicate_key")
+REASONS = (
+    "unreadable",
+    "truncated",
+    "empty",
+    "too_short",
+    "channels",
+    "sample_rate",
+    "duplicate_key",
+)
 
 
 @dataclass(frozen=True)
@@ -210,11 +220,19 @@ def _decode_check(
         if isinstance(result, HeaderFailure) or result.num_samples == 0:
             return result
         try:
-            load_audio(result.path)
+            audio = load_audio(result.path)
         except AudioReadError as e:
             return HeaderFailure(result.path, "unreadable", e.reason)
         except Exception as e:  # never stop the scan
             return HeaderFailure(result.path, "unreadable", f"{type(e).__name__}: {e}")
+        expected = resampled_length(result.num_samples, result.sample_rate, TARGET_RATE)
+        if len(audio) < expected:
+            return HeaderFailure(
+                result.path,
+                "truncated",
+                f"the header says {result.duration:.3f} s, {len(audio) / TARGET_RATE:.3f} s "
+                "decode (cut short: copy it again)",
+            )
         return result
 
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:

@@ -3,15 +3,20 @@
 emotion-ssl pretrain -c recipes/pretrain/tiny.yaml --data.train_manifest M.jsonl
 emotion-ssl pretrain -c recipes/pretrain/tiny.yaml --ckpt_path runs/.../last.ckpt
 emotion-ssl demo [--out demo_out] [--steps 60]
+
+An expected failure (a missing file, a bad manifest or checkpoint, an output folder that holds
+someone else's files) is one `error: ...` line and exit status 1 (2 for a bad option);
+`emotion-ssl --debug <command> ...` or EMOTION_SSL_DEBUG=1 shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
-from typing import Any
+from typing import Any, NoReturn
 
 COMMANDS = {
     "pretrain": "teacher-student pretraining (LightningCLI; `emotion-ssl pretrain --help`)",
@@ -25,21 +30,67 @@ COMMANDS = {
 }
 
 
+OVERWRITE_HELP = (
+    "write into a folder that holds other files: replaces what an earlier emotion-ssl run "
+    "recorded there (never files it did not write)"
+)
+
+
 def _usage() -> str:
-    lines = ["usage: emotion-ssl <command> [options]", "", "commands:"]
-    lines += [f"  {name:<10} {text}" for name, text in COMMANDS.items()]
+    lines = ["usage: emotion-ssl [--debug] <command> [options]", "", "commands:"]
+    lines += [f"  {name:<14} {text}" for name, text in COMMANDS.items()]
+    lines += [
+        "",
+        "emotion-ssl <command> --help lists a command's options; --debug (or",
+        "EMOTION_SSL_DEBUG=1) shows the traceback of an error.",
+    ]
     return "\n".join(lines)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse with one-line errors that name the command and where its help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _parser(command: str) -> CommandParser:
+    return CommandParser(prog=f"emotion-ssl {command}", description=COMMANDS[command])
+
+
+def _expected(err: BaseException) -> bool:
+    """Errors that come from the user's input or environment, not from a bug: reported as one
+    line. (Our own error classes derive from ValueError, OSError or AudioReadError.)"""
+    import pickle
+    import zipfile
+
+    from emotion_ssl.data.audio import AudioReadError
+
+    if isinstance(err, OSError | ValueError | AudioReadError | pickle.UnpicklingError):
+        return True
+    if isinstance(err, zipfile.BadZipFile):
+        return True
+    names = {cls.__name__ for cls in type(err).__mro__}
+    return bool(names & {"MisconfigurationException", "SafetensorError", "NonFiniteLossError"})
+
+
+def _error_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return text or type(err).__name__
 
 
 def pretrain(args: list[str]) -> Any:
     """Run LightningCLI's `fit` on PretrainSystem + PretrainDataModule."""
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+    from lightning.pytorch.cli import LightningArgumentParser
     from lightning.pytorch.plugins.io import CheckpointIO
 
     from emotion_ssl.data.pretrain import PretrainDataModule
     from emotion_ssl.train.callbacks import LossCurves
     from emotion_ssl.train.checkpoint import AtomicCheckpointIO
+    from emotion_ssl.train.lightning_cli import EmotionSSLCLI
     from emotion_ssl.train.pretrain import PretrainSystem
     from emotion_ssl.utils.launch import (
         rank_command,
@@ -47,7 +98,7 @@ def pretrain(args: list[str]) -> Any:
         watch_rank_startup,
     )
 
-    class PretrainCLI(LightningCLI):
+    class PretrainCLI(EmotionSSLCLI):  # one-line errors, preflight, run folder printed
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
             parser.set_defaults(
@@ -99,9 +150,19 @@ def demo(args: list[str]) -> None:
     """The whole life cycle on the built-in corpus (or RAVDESS): see emotion_ssl/demo.py."""
     from emotion_ssl.demo import DemoSettings, run_demo
 
-    parser = argparse.ArgumentParser(prog="emotion-ssl demo", description=COMMANDS["demo"])
-    parser.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    parser.add_argument("--corpus", choices=["synthetic", "ravdess"], default="synthetic")
+    parser = _parser("demo")
+    parser.add_argument(
+        "--out",
+        default="demo_out",
+        help="output folder (default demo_out): new, empty or an earlier demo's",
+    )
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    parser.add_argument(
+        "--corpus",
+        choices=["synthetic", "ravdess"],
+        default="synthetic",
+        help="synthetic: generated emotional speech (default); ravdess: RAVDESS from --root",
+    )
     parser.add_argument("--root", help="with --corpus ravdess: the folder of Actor_NN folders")
     parser.add_argument("--steps", type=int, help="pretraining updates per run")
     parser.add_argument("--quick", action="store_true", help="a seconds-long version (tests)")
@@ -109,7 +170,7 @@ def demo(args: list[str]) -> None:
     settings = DemoSettings.quick() if opts.quick else DemoSettings()
     if opts.steps is not None:
         settings.steps = opts.steps
-    run_demo(opts.out, opts.corpus, opts.root, settings)
+    run_demo(opts.out, opts.corpus, opts.root, settings, overwrite=opts.overwrite)
 
 
 def import_fairseq(args: list[str]) -> None:
@@ -117,11 +178,12 @@ def import_fairseq(args: list[str]) -> None:
     from emotion_ssl.export.fairseq import read_fairseq_checkpoint
     from emotion_ssl.export.frozen import describe, save_encoder_dir, validate_weights
 
-    parser = argparse.ArgumentParser(
-        prog="emotion-ssl import-fairseq", description=COMMANDS["import-fairseq"]
-    )
+    parser = _parser("import-fairseq")
     parser.add_argument("checkpoint", help="fairseq checkpoint (.pt) with 'model' and 'cfg'")
-    parser.add_argument("out_dir", help="folder to write (model.safetensors, config.json, ...)")
+    parser.add_argument(
+        "out_dir", help="new or empty folder to write (model.safetensors, config.json, ...)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.add_argument(
         "--trust-pickle",
         action="store_true",
@@ -134,8 +196,25 @@ def import_fairseq(args: list[str]) -> None:
         help="leave out the teacher (_ema) and the decoder (a frozen encoder for inference)",
     )
     opts = parser.parse_args(args)
+    from pathlib import Path
+
+    from emotion_ssl.export.sniff import check_checkpoint_file
+    from emotion_ssl.utils.outputs import path_identity
+
+    if Path(opts.checkpoint).is_dir():
+        raise ValueError(
+            f"{opts.checkpoint} is a folder: import-fairseq reads one fairseq checkpoint file "
+            "(.pt); an emotion-ssl encoder folder needs no import (load_encoder reads it)"
+        )
+    check_checkpoint_file(opts.checkpoint)
     weights = read_fairseq_checkpoint(opts.checkpoint, opts.trust_pickle, opts.labels)
     validate_weights(weights)
+    identity = {
+        "checkpoint": path_identity(opts.checkpoint),
+        "labels": path_identity(opts.labels) if opts.labels else None,
+        "encoder_only": opts.encoder_only,
+    }
+    _claim_encoder_dir(opts.out_dir, "import-fairseq", identity, opts.overwrite)
     out = save_encoder_dir(opts.out_dir, weights, include_pretraining_state=not opts.encoder_only)
     print(describe(weights))
     dropped = []
@@ -154,14 +233,16 @@ def export_fairseq(args: list[str]) -> None:
     from emotion_ssl.export.fairseq import save_fairseq_checkpoint
     from emotion_ssl.export.frozen import read_weights, validate_weights
 
-    parser = argparse.ArgumentParser(
-        prog="emotion-ssl export-fairseq", description=COMMANDS["export-fairseq"]
-    )
+    parser = _parser("export-fairseq")
     parser.add_argument(
         "source", help="emotion-ssl encoder folder or `pretrain` checkpoint (.ckpt)"
     )
-    parser.add_argument("out", help="fairseq checkpoint to write (.pt)")
+    parser.add_argument("out", help="fairseq checkpoint to write (.pt); must not exist")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT file")
     opts = parser.parse_args(args)
+    from emotion_ssl.utils.outputs import check_new_file
+
+    check_new_file(opts.out, opts.overwrite)
     weights = read_weights(opts.source)
     validate_weights(weights)
     path = save_fairseq_checkpoint(
@@ -190,12 +271,20 @@ def export(args: list[str]) -> None:
         validate_weights,
     )
 
-    parser = argparse.ArgumentParser(prog="emotion-ssl export", description=COMMANDS["export"])
+    parser = _parser("export")
     parser.add_argument(
         "checkpoint", help="`pretrain` checkpoint (.ckpt), fairseq checkpoint or encoder folder"
     )
-    parser.add_argument("out_dir")
-    parser.add_argument("--which", choices=["student", "teacher"], default="student")
+    parser.add_argument(
+        "out_dir", help="new or empty folder to write (model.safetensors, config.json, README.md)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    parser.add_argument(
+        "--which",
+        choices=["student", "teacher"],
+        default="student",
+        help="the student (default) or the EMA teacher's weights",
+    )
     parser.add_argument(
         "--results", help="an `evaluate` results.json whose table goes into the model card"
     )
@@ -206,12 +295,21 @@ def export(args: list[str]) -> None:
         help="folder (safetensors + config + card) or onnx (OUT_DIR/encoder.onnx as well)",
     )
     opts = parser.parse_args(args)
+    from emotion_ssl.utils.outputs import path_identity
+
     weights = read_weights(opts.checkpoint)
     validate_weights(weights)
+    identity = {
+        "checkpoint": path_identity(opts.checkpoint),
+        "which": opts.which,
+        "format": opts.format,
+        "results": path_identity(opts.results) if opts.results else None,
+    }
+    _claim_encoder_dir(opts.out_dir, "export", identity, opts.overwrite)
     if opts.which == "teacher":
         teacher = teacher_context_state(weights)
         if teacher is None:
-            raise SystemExit(f"emotion-ssl export: {opts.checkpoint} holds no teacher weights")
+            raise ValueError(f"{opts.checkpoint} holds no teacher weights: export the student")
         encoder_state = {
             k: v for k, v in weights.encoder_state.items() if not k.startswith("context.")
         }
@@ -241,6 +339,41 @@ def export(args: list[str]) -> None:
     print(f"wrote {out} ({opts.which})")
 
 
+ENCODER_DIR_FILES = (
+    "model.safetensors",
+    "config.json",
+    "README.md",
+    "teacher.safetensors",
+    "decoder.safetensors",
+    "head.safetensors",
+    "encoder.onnx",
+)
+
+
+def _claim_encoder_dir(
+    out_dir: str, command: str, identity: dict[str, Any], overwrite: bool
+) -> None:
+    """An encoder folder is written only where it loses nobody's files (see
+    emotion_ssl/utils/outputs.py); one from an emotion-ssl without records counts as ours."""
+    import json
+    from pathlib import Path
+
+    from emotion_ssl.utils.outputs import claim_output_dir
+
+    def older_export(folder: Path) -> bool:
+        try:
+            meta = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(meta, dict) and meta.get("format") == "emotion-ssl-encoder"
+
+    claimed = claim_output_dir(
+        out_dir, command, identity, ENCODER_DIR_FILES, overwrite=overwrite, legacy=older_export
+    )
+    if claimed.status == "replaced":
+        print(f"replacing the encoder emotion-ssl wrote in {out_dir} (--overwrite)")
+
+
 def extract(args: list[str]) -> None:
     """Batched, padding-exact, resumable feature extraction."""
     from emotion_ssl.data.manifest import read_manifest
@@ -248,21 +381,45 @@ def extract(args: list[str]) -> None:
         ExtractConfig,
         FeatureExtractor,
         FeatureWriter,
+        claim_extraction_dir,
+        encoder_identity,
         extract_manifest,
-        write_extract_config,
     )
     from emotion_ssl.export.frozen import load_encoder
 
-    parser = argparse.ArgumentParser(prog="emotion-ssl extract", description=COMMANDS["extract"])
+    parser = _parser("extract")
     parser.add_argument("--encoder", required=True, help="encoder folder, fairseq .pt or .ckpt")
     parser.add_argument("--manifest", required=True, help="JSONL manifest of the audio")
-    parser.add_argument("--out", required=True, help="output folder (resumable)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output folder: new or empty, or an earlier extraction with the same encoder "
+        "(by content) and settings, which resumes",
+    )
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.add_argument("--layer", type=int, default=-1, help="block for frames (-1 = final)")
-    parser.add_argument("--outputs", default="frames,utterance,tokens")
-    parser.add_argument("--format", choices=["npy", "shards"], default="npy")
+    parser.add_argument(
+        "--outputs",
+        default="frames,utterance,tokens",
+        help="comma list of frames (T, D), utterance (D,), tokens (E, D)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=["npy", "shards"],
+        default="npy",
+        help="npy: one file per utterance and output; shards: safetensors files of "
+        "--shard-size utterances",
+    )
     parser.add_argument("--shard-size", type=int, default=1000, help="utterances per shard")
-    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument(
+        "--device", default="cuda" if _cuda() else "cpu", help="cpu, cuda or cuda:N"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="bfloat16 autocast is faster on a GPU, not exact",
+    )
     parser.add_argument(
         "--batch-seconds",
         type=float,
@@ -290,9 +447,14 @@ def extract(args: list[str]) -> None:
         help="folder for the ONNX export of the encoder, one file per weights "
         "(default $EMOTION_SSL_ONNX_CACHE or <tmp>/emotion-ssl-onnx)",
     )
-    parser.add_argument("--chunk-seconds", type=float, default=30.0)
-    parser.add_argument("--overlap-seconds", type=float, default=4.0)
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--chunk-seconds",
+        type=float,
+        default=30.0,
+        help="recordings longer than this are cut into overlapping chunks",
+    )
+    parser.add_argument("--overlap-seconds", type=float, default=4.0, help="overlap between chunks")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     opts = parser.parse_args(args)
     config = ExtractConfig(
         layer=opts.layer,
@@ -308,12 +470,22 @@ def extract(args: list[str]) -> None:
     from pathlib import Path
 
     out = Path(opts.out)
-    write_extract_config(out, opts.encoder, config, opts.format)
-    extractor = FeatureExtractor(load_encoder(opts.encoder), config, opts.device)
-    writer = FeatureWriter(out, opts.format, opts.shard_size)
-    counts = extract_manifest(
-        extractor, read_manifest(opts.manifest), writer, progress=not opts.no_progress
+    entries = read_manifest(opts.manifest)
+    encoder = load_encoder(opts.encoder)
+    claimed = claim_extraction_dir(
+        out,
+        encoder_identity(encoder),
+        str(Path(opts.manifest).absolute()),
+        config,
+        opts.format,
+        overwrite=opts.overwrite,
+        info={"encoder_path": str(Path(opts.encoder).absolute())},
     )
+    extractor = FeatureExtractor(encoder, config, opts.device)
+    writer = FeatureWriter(out, opts.format, opts.shard_size)
+    counts = extract_manifest(extractor, entries, writer, progress=not opts.no_progress)
+    if claimed.status == "replaced":
+        print(f"replaced the earlier extraction in {out} (--overwrite)")
     print(
         f"extracted {counts['extracted']}, already done {counts['already_done']}, "
         f"failed {counts['failed']} -> {out / 'index.jsonl'}"
@@ -327,7 +499,7 @@ def evaluate(args: list[str]) -> None:
     from emotion_ssl.train.evaluate import evaluate as run_evaluation
     from emotion_ssl.train.probe import ProbeConfig
 
-    parser = argparse.ArgumentParser(prog="emotion-ssl evaluate", description=COMMANDS["evaluate"])
+    parser = _parser("evaluate")
     parser.add_argument(
         "--encoder", help="encoder folder, fairseq .pt or .ckpt (omit: baselines only)"
     )
@@ -335,15 +507,25 @@ def evaluate(args: list[str]) -> None:
         "--data", required=True, help="manifest .jsonl or a data_prep output folder"
     )
     parser.add_argument(
-        "--out", required=True, help="output folder (results.md, results.json, PNGs)"
+        "--out",
+        required=True,
+        help="output folder (results.md, results.json, PNGs, features/): new or empty, or an "
+        "earlier evaluation with the same settings",
     )
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.add_argument("--folds", default="all", help="'all' or a comma list, e.g. 1,2")
     parser.add_argument("--fold-field", default="fold", help="manifest field naming the fold")
-    parser.add_argument("--baselines", default=",".join(BASELINES), help="comma list; '' for none")
+    parser.add_argument(
+        "--baselines",
+        help=f"comma list of {', '.join(BASELINES)}; '' for none (default: both, or mfcc "
+        "alone without --encoder, since random-init copies the encoder's architecture)",
+    )
     parser.add_argument("--layer", type=int, default=-1, help="encoder block (-1 = final)")
     parser.add_argument("--labels", help="comma list fixing the class order")
-    parser.add_argument("--epochs", type=int, default=ProbeConfig.epochs)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--epochs", type=int, default=ProbeConfig.epochs, help="probe training epochs"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="probe and random-init seed")
     parser.add_argument(
         "--valid-split",
         choices=["speaker", "class"],
@@ -351,21 +533,28 @@ def evaluate(args: list[str]) -> None:
         help="the probe's validation (its epoch choice): whole training speakers (default) or "
         "a share of each class over the same speakers",
     )
-    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--device", default="cuda" if _cuda() else "cpu", help="cpu, cuda or cuda:N"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     opts = parser.parse_args(args)
+    if opts.baselines is None:
+        baselines = list(BASELINES) if opts.encoder else ["mfcc"]
+    else:
+        baselines = [b.strip() for b in opts.baselines.split(",") if b.strip()]
     results = run_evaluation(
         opts.encoder,
         opts.data,
         opts.out,
         folds="all" if opts.folds == "all" else opts.folds.split(","),
         fold_field=opts.fold_field,
-        baselines=[b for b in opts.baselines.split(",") if b],
+        baselines=baselines,
         probe=ProbeConfig(epochs=opts.epochs, seed=opts.seed, valid_split=opts.valid_split),
         layer=opts.layer,
         labels=opts.labels.split(",") if opts.labels else None,
         device=opts.device,
         progress=not opts.no_progress,
+        overwrite=opts.overwrite,
     )
     for name, r in results["feature_sets"].items():
         mean, std = r["mean"], r["std"]
@@ -381,17 +570,20 @@ def finetune(args: list[str]) -> Any:
     """LightningCLI over FinetuneSystem + LabelledDataModule: fit with early stopping on
     validation UA, then test the best checkpoint on the held-out fold."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+    from lightning.pytorch.cli import LightningArgumentParser
 
     from emotion_ssl.data.labelled import LabelledDataModule
     from emotion_ssl.train.finetune import FinetuneSystem
+    from emotion_ssl.train.lightning_cli import EmotionSSLCLI
     from emotion_ssl.utils.launch import rank_command, stop_ranks_on_failure, watch_rank_startup
 
     def classes(data: LabelledDataModule) -> list[str]:
         data.setup("fit")
         return list(data.label_names or [])
 
-    class FinetuneCLI(LightningCLI):
+    class FinetuneCLI(EmotionSSLCLI):
+        command = "finetune"
+
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
             parser.add_lightning_class_args(EarlyStopping, "early_stopping")
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -448,6 +640,9 @@ def _cuda() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = os.environ.get("EMOTION_SSL_DEBUG", "") not in ("", "0")
+    if argv and argv[0] == "--debug":
+        debug, argv = True, argv[1:]
     # the package's own INFO lines (data summaries, skipped files) reach the console
     package_logger = logging.getLogger("emotion_ssl")
     if not package_logger.handlers:
@@ -460,25 +655,29 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     command, rest = argv[0], argv[1:]
-    if command == "pretrain":
-        pretrain(rest)
-    elif command == "demo":
-        demo(rest)
-    elif command == "import-fairseq":
-        import_fairseq(rest)
-    elif command == "export-fairseq":
-        export_fairseq(rest)
-    elif command == "export":
-        export(rest)
-    elif command == "extract":
-        extract(rest)
-    elif command == "evaluate":
-        evaluate(rest)
-    elif command == "finetune":
-        finetune(rest)
-    else:
-        print(f"emotion-ssl: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+    run = {
+        "pretrain": pretrain,
+        "demo": demo,
+        "import-fairseq": import_fairseq,
+        "export-fairseq": export_fairseq,
+        "export": export,
+        "extract": extract,
+        "evaluate": evaluate,
+        "finetune": finetune,
+    }.get(command)
+    if run is None:
+        print(f"{_usage()}\n\nerror: unknown command {command!r}", file=sys.stderr)
         return 2
+    try:
+        run(rest)
+    except KeyboardInterrupt:
+        print(f"error: emotion-ssl {command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug or not _expected(err):
+            raise
+        print(f"error: {_error_line(err)}", file=sys.stderr)
+        return 1
     return 0
 
 

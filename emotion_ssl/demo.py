@@ -28,6 +28,19 @@ from emotion_ssl.data.manifest import ManifestEntry, read_manifest, write_manife
 FULL = "pretrained (full objective)"
 NO_CATEGORY = "pretrained, no category term"
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "pretrain" / "tiny.yaml"
+DEMO_OUTPUTS = (
+    "corpus",
+    "runs",
+    "encoders",
+    "evaluation",
+    "features",
+    "report.md",
+    "report.json",
+    "loss_curves.png",
+    "confusion_matrix.png",
+    "embeddings_2d.png",
+)
+"""What the demo writes into its folder."""
 
 
 @dataclass
@@ -280,15 +293,27 @@ def run_demo(
     corpus: str = "synthetic",
     root: str | None = None,
     settings: DemoSettings | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """The whole demo; returns what report.md shows."""
+    """The whole demo; returns what report.md shows. `out_dir` must be new, empty or an
+    earlier demo's folder (whose files it replaces); `overwrite` lets it write into a folder
+    that holds other files (which it leaves alone)."""
     from emotion_ssl.cli import export as export_command
     from emotion_ssl.cli import extract as extract_command
     from emotion_ssl.train.evaluate import slug
+    from emotion_ssl.utils.outputs import claim_output_dir
 
     settings = settings or DemoSettings()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(
+        out,
+        "demo",
+        {"corpus": corpus, "root": root, "settings": settings.__dict__},
+        DEMO_OUTPUTS,
+        overwrite=overwrite,
+        replace_changed=True,  # the demo's folder is its own scratch space
+        legacy=lambda folder: (folder / "report.json").is_file(),
+    )
     timings: dict[str, float] = {}
     start = time.perf_counter()
 
@@ -319,7 +344,7 @@ def run_demo(
     encoders = {}
     for name, ckpt in runs.items():
         target = out / "encoders" / ("full" if name == "full objective" else "no_category")
-        export_command([str(ckpt), str(target)])
+        export_command([str(ckpt), str(target), "--overwrite"])  # a rerun replaces its own
         encoders[name] = target
     named = {FULL: str(encoders["full objective"]), NO_CATEGORY: str(encoders["no category term"])}
     results = probe(data, out / "evaluation", settings, named)  # a progress bar per encoder
@@ -338,6 +363,7 @@ def run_demo(
             "--out",
             str(out / "features"),
             "--no-progress",
+            "--overwrite",  # beside few.jsonl; a rerun replaces its own features
         ]
     )
     timings["extraction"] = time.perf_counter() - t

@@ -50,6 +50,7 @@ from typing import Any
 import soundfile as sf
 
 from emotion_ssl.data.audio import AudioReadError
+from emotion_ssl.utils.outputs import make_readable
 
 SCHEMA_FIELDS = (
     "key",
@@ -244,6 +245,7 @@ def write_text_atomically(path: str | Path, text: str, skip_unchanged: bool = Fa
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        make_readable(tmp_name)  # mkstemp's file is private; the result follows the umask
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

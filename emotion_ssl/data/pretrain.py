@@ -73,6 +73,9 @@ class PretrainDataset(Dataset[AudioItem]):
     - A file that fails to read is logged (path and reason), remembered, counted in
       `num_read_failures`, and the next readable entry is returned instead, so one
       corrupt file cannot stop a long run. `num_substituted` counts those replacements.
+    - A file that decodes to another length than its manifest entry says is warned about
+      once (longer: cropped to the manifest length; shorter, e.g. truncated: returned as
+      decoded and counted in `num_shorter`).
       With `num_workers > 0` these counters live in each worker process; the warnings
       are the record.
     - Labels: with `label_names=None` every item is unlabelled (-1). Otherwise an entry's
@@ -146,6 +149,7 @@ class PretrainDataset(Dataset[AudioItem]):
         self.unreadable: dict[int, str] = {}
         self.num_read_failures = 0
         self.num_substituted = 0
+        self.num_shorter = 0
         self._warned_longer: set[int] = set()
 
     def __len__(self) -> int:
@@ -191,6 +195,19 @@ class PretrainDataset(Dataset[AudioItem]):
                 entry.path,
                 waveform.shape[0],
                 self._full_lengths[index],
+            )
+        if waveform.shape[0] < self._full_lengths[index] and index not in self._warned_longer:
+            # a truncated file: the batch was budgeted for the manifest length, so it pads
+            self._warned_longer.add(index)
+            self.num_shorter += 1
+            logger.warning(
+                "%s: %s decodes to %.2f s but its manifest entry says %.2f s (truncated "
+                "file?); its batch is padded for the difference (%d such files so far)",
+                self.name,
+                entry.path,
+                waveform.shape[0] / TARGET_RATE,
+                self._full_lengths[index] / TARGET_RATE,
+                self.num_shorter,
             )
         if waveform.shape[0] > limit:
             rng = _rng(self.seed, self.epoch, _STREAM_ITEM_CROP, index)
@@ -677,34 +694,40 @@ class ResumableLoader:
 class PretrainDataModule(L.LightningDataModule):
     """Pretraining batches from JSONL manifests (see `emotion_ssl.data.manifest`).
 
-    train_manifest: the unlabelled stream; its labels, if any, are ignored (-1).
-    valid_manifest: validation utterances (unlabelled, fixed crops, padded batches).
-    labelled_manifest, labelled_fraction: about `labelled_fraction` of each epoch's items
-        are drawn (per epoch, with replacement when the pool is too small) from the
-        labelled manifest's labelled entries and carry their class index.
-    labelled_per_class: m > 0 instead of labelled_fraction: every global batch (the batches
-        of all ranks at one step) holds at least m labelled clips of each class of the
-        labelled manifest (m-per-class sampling, for the category term's positives; budget
-        rules in `LengthBucketBatchSampler`).
-    label_names: class names in index order; None = the sorted labels found in the
-        labelled manifest.
-    max_tokens: padded samples per batch and rank (batch size * longest item).
-    max_batch_size: optional cap on utterances per batch.
-    max_sample_size, min_sample_size: crop longer clips; drop shorter ones (16 kHz samples).
-    batching: "bucket" pads length-sorted batches; "crop_to_shortest" (reference
-        emotion2vec) crops every batch to its shortest item.
-    num_workers: parallel batch loaders: worker processes ("torch") or fairseq2 threads.
-    backend: "fairseq2" (default: fairseq2 DataPipeline, parallel map on threads +
-        prefetch) or "torch" (DataLoader + worker processes); identical batches, see
-        `ResumableLoader`. The default measured faster (benchmarks/RESULTS.md).
-    decoder: "fairseq2" (default: fairseq2's native AudioDecoder) or "soundfile";
-        identical samples. When fairseq2's native library cannot load, both fall back to
-        "torch" / "soundfile" with a warning (the batches do not change).
-    prefetch: batches loaded ahead (torch: per worker, as DataLoader's prefetch_factor).
-    seed: seeds every crop, draw and shuffle (with the epoch), independent of worker count.
-
     Ranks and world size come from `self.trainer`; the loaders shard themselves, so the
-    Trainer's `use_distributed_sampler` does not matter.
+    Trainer's `use_distributed_sampler` does not matter. The argument descriptions below are
+    the `--data.*` help of `emotion-ssl pretrain --help`.
+
+    Args:
+        train_manifest: JSONL manifest of the unlabelled stream; its labels, if any, are
+            ignored.
+        valid_manifest: JSONL manifest of validation utterances (unlabelled, fixed crops,
+            padded batches); none by default.
+        labelled_manifest: JSONL manifest whose labelled entries feed the category term.
+        labelled_fraction: share of each epoch's items drawn (per epoch, with replacement
+            when the pool is too small) from the labelled manifest, carrying their class.
+        labelled_per_class: m > 0 instead of labelled_fraction: every global batch (the
+            batches of all ranks at one step) holds at least m labelled clips of each class
+            of the labelled manifest (m-per-class sampling, for the category term's
+            positives; budget rules in `LengthBucketBatchSampler`).
+        label_names: class names in index order; default: the sorted labels found in the
+            labelled manifest.
+        max_tokens: padded 16 kHz samples per batch and rank (batch size x longest item).
+        max_batch_size: optional cap on utterances per batch.
+        max_sample_size: crop longer clips to this many 16 kHz samples.
+        min_sample_size: drop clips shorter than this many 16 kHz samples.
+        batching: "bucket" pads length-sorted batches; "crop_to_shortest" (reference
+            emotion2vec) crops every batch to its shortest item.
+        num_workers: parallel batch loaders: worker processes ("torch") or fairseq2 threads.
+        backend: "fairseq2" (DataPipeline, parallel map on threads + prefetch; measured
+            faster, benchmarks/RESULTS.md) or "torch" (DataLoader + worker processes);
+            identical batches, see `ResumableLoader`.
+        decoder: "fairseq2" (fairseq2's native AudioDecoder) or "soundfile"; identical
+            samples. When fairseq2's native library cannot load, both fall back to "torch" /
+            "soundfile" with a warning (the batches do not change).
+        prefetch: batches loaded ahead (torch: per worker, as DataLoader's prefetch_factor).
+        seed: seeds every crop, draw and shuffle (with the epoch), independent of the
+            worker count.
     """
 
     def __init__(

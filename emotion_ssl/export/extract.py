@@ -33,9 +33,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from emotion_ssl.data.audio import AudioReadError, load_audio
+from emotion_ssl.data.audio import AudioReadError, load_audio, resampled_length
 from emotion_ssl.data.manifest import ManifestEntry
 from emotion_ssl.models.encoder import EmotionEncoder, masked_mean
+from emotion_ssl.utils.outputs import OutputDir, claim_output_dir, tensors_identity
 
 if TYPE_CHECKING:
     from emotion_ssl.export.ort import OrtBatchEncoder
@@ -365,9 +366,13 @@ def extract_manifest(
     writer: FeatureWriter,
     group_seconds: float = 600.0,
     progress: bool = True,
+    desc: str = "extracting",
 ) -> dict[str, int]:
     """Extract every entry not yet in the writer's index; unreadable files are reported in
-    `failed.jsonl` and skipped. Returns counts (done, skipped as already done, failed)."""
+    `failed.jsonl` and skipped. A file whose decoded length differs from its manifest
+    entry's `num_samples` is extracted as decoded, with a warning (the index row keeps the
+    manifest's length too). `desc` names the progress bar. Returns counts (done, skipped as
+    already done, failed)."""
     todo = [e for e in entries if e.key not in writer.done]
     already = len(entries) - len(todo)
     todo.sort(key=lambda e: e.duration)  # groups of similar lengths: little padding
@@ -378,7 +383,7 @@ def extract_manifest(
         groups[-1].append(entry)
     total = sum(e.duration for e in todo)
     failed = 0
-    bar = _progress(total, progress)
+    bar = _progress(total, progress, desc)
     start = time.perf_counter()
     seconds_done = 0.0
 
@@ -413,11 +418,22 @@ def extract_manifest(
                     "num_samples": len(audio),
                     "duration": len(audio) / SAMPLE_RATE,
                 }
+                expected = resampled_length(entry.num_samples, entry.sample_rate, SAMPLE_RATE)
+                if len(audio) != expected:
+                    info["manifest_num_samples"] = expected
+                    logger.warning(
+                        "%s decodes to %.2f s but its manifest entry says %.2f s (truncated "
+                        "or replaced file?); extracted as decoded",
+                        entry.path,
+                        len(audio) / SAMPLE_RATE,
+                        expected / SAMPLE_RATE,
+                    )
                 if "frames" in feats:
                     info["num_frames"] = int(feats["frames"].shape[0])
                 writer.add(entry.key, feats, info)
-            seconds_done += sum(e.duration for e, _ in loaded)
-            bar.update(sum(e.duration for e, _ in loaded))
+            seconds = sum(e.duration for e, _ in loaded)
+            seconds_done += seconds
+            bar.update(min(seconds, bar.total - bar.n))  # float sums never pass the total
             bar.set_postfix_str(
                 f"{seconds_done / max(time.perf_counter() - start, 1e-9):.1f} audio-s/s"
             )
@@ -426,29 +442,70 @@ def extract_manifest(
     return {"extracted": len(todo) - failed, "already_done": already, "failed": failed}
 
 
-def _progress(total: float, enabled: bool):  # type: ignore[no-untyped-def]
+def _progress(total: float, enabled: bool, desc: str):  # type: ignore[no-untyped-def]
     from tqdm import tqdm
 
-    return tqdm(total=round(total, 1), unit="audio-s", disable=not enabled, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="audio-s",
+        unit_scale=False,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of audio "
+        "[{elapsed}<{remaining}{postfix}]",
+        disable=not enabled,
+        dynamic_ncols=True,
+    )
 
 
-def write_extract_config(out_dir: Path, encoder_path: str, config: ExtractConfig, fmt: str) -> None:
-    """Record the settings; a resumed extraction must use the same ones."""
-    settings = {"encoder": str(encoder_path), "format": fmt, **asdict(config)}
-    settings["outputs"] = list(config.outputs)
+EXTRACT_OUTPUTS = (
+    "index.jsonl",
+    "failed.jsonl",
+    "extract_config.json",
+    "frames",
+    "utterance",
+    "tokens",
+    "shards",
+)
+"""What an extraction writes into its folder (besides its record)."""
+
+
+def encoder_identity(encoder: EmotionEncoder) -> str:
+    """sha256 of the encoder's configuration and weights: features are keyed by this, never
+    by the path the encoder was read from."""
+    return tensors_identity(encoder.config.to_dict(), encoder.state_dict())
+
+
+def claim_extraction_dir(
+    out_dir: str | Path,
+    encoder_id: str,
+    manifest: str,
+    config: ExtractConfig,
+    fmt: str,
+    *,
+    overwrite: bool = False,
+    replace_changed: bool = False,
+    command: str = "extract",
+    info: dict[str, object] | None = None,
+) -> OutputDir:
+    """Claim an extraction folder (`emotion_ssl.utils.outputs.claim_output_dir`): its record
+    holds the encoder's content identity, the manifest and every setting that changes the
+    features, so a rerun resumes only the same extraction. A changed encoder at the same
+    path is refused (or, with `replace_changed`, recomputed)."""
+    identity: dict[str, object] = {"encoder": encoder_id, "manifest": manifest, "format": fmt}
+    identity.update(asdict(config))
+    identity["outputs"] = list(config.outputs)
     for speed_only in ("batch_seconds", "workers", "backend", "onnx_cache"):  # resumable
-        del settings[speed_only]
-    path = out_dir / "extract_config.json"
-    if path.exists():
-        previous = json.loads(path.read_text())
-        if previous != settings:
-            raise ValueError(
-                f"{path}: this folder was extracted with other settings ({previous}); use a new "
-                f"--out or the same settings ({settings})"
-            )
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(settings, indent=2) + "\n")
+        del identity[speed_only]
+    return claim_output_dir(
+        out_dir,
+        command,
+        identity,
+        EXTRACT_OUTPUTS,
+        overwrite=overwrite,
+        replace_changed=replace_changed,
+        info=info,
+        legacy=lambda folder: (folder / "extract_config.json").is_file(),
+    )
 
 
 def read_features(out_dir: str | Path, kind: str = "frames") -> dict[str, np.ndarray]:

@@ -27,9 +27,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from emotion_ssl.export.sniff import check_checkpoint_file
 from emotion_ssl.export.weights import PretrainedWeights
 from emotion_ssl.models.config import EncoderConfig
 from emotion_ssl.models.encoder import EmotionEncoder
+from emotion_ssl.utils.outputs import make_readable
 
 FORMAT = "emotion-ssl-encoder"
 FORMAT_VERSION = 1
@@ -156,7 +158,20 @@ def default_model_card(weights: PretrainedWeights, include_pretraining_state: bo
 def _save_tensors(path: Path, state: Mapping[str, Tensor]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+    make_readable(tmp)  # safetensors writes 0600; exported weights follow the user's umask
     os.replace(tmp, path)
+
+
+def _load_tensors(path: Path) -> dict[str, Tensor]:
+    """safetensors' load_file, with errors that name the file."""
+    if not path.is_file():
+        raise FileNotFoundError(2, "missing from the encoder folder (export it again)", str(path))
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors reports a damaged file without its name
+        raise ValueError(
+            f"{path}: not a readable safetensors file ({err}); export the encoder again"
+        ) from err
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -172,7 +187,10 @@ def read_encoder_dir(path: str | Path) -> PretrainedWeights:
     config_path = root / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{root}: no config.json (not an emotion-ssl encoder folder)")
-    meta = json.loads(config_path.read_text())
+    try:
+        meta = json.loads(config_path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{config_path}: not valid JSON ({err}); export again") from err
     if meta.get("format") != FORMAT:
         raise ValueError(f"{config_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
@@ -183,12 +201,12 @@ def read_encoder_dir(path: str | Path) -> PretrainedWeights:
     files = meta.get("files", {"model": "model.safetensors"})
 
     def optional(name: str) -> dict[str, Tensor] | None:
-        return load_file(str(root / files[name])) if name in files else None
+        return _load_tensors(root / files[name]) if name in files else None
 
     return PretrainedWeights(
         path=str(root),
         config=EncoderConfig.from_dict(meta["encoder"]),
-        encoder_state=load_file(str(root / files["model"])),
+        encoder_state=_load_tensors(root / files["model"]),
         decoder_state=optional("decoder"),
         teacher_state=optional("teacher"),
         head_state=optional("head"),
@@ -276,7 +294,8 @@ def read_weights(path: str | Path, trust_pickle: bool = False) -> PretrainedWeig
     if p.is_dir():
         return read_encoder_dir(p)
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such file or folder")
+        raise FileNotFoundError(2, "no such file or folder", str(p))
+    check_checkpoint_file(p)  # "not a checkpoint" is not "needs --trust-pickle"
     from emotion_ssl.export.fairseq import read_fairseq_checkpoint, torch_load_checkpoint
 
     content = torch_load_checkpoint(p, trust_pickle)  # read once, whatever the kind

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import csv
+import io
+import os
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+
+from emotion_ssl.data.manifest import write_text_atomically
 
 
 def run_folder(trainer: L.Trainer) -> Path:
@@ -23,14 +27,18 @@ PLOTTED = ("train/loss", "train/frame_loss", "train/utterance_loss", "train/cate
 
 
 class LossCurves(L.Callback):
-    """Records the training losses every `every_n_steps` updates and writes `losses.csv` and
-    `loss_curves.png` into the run folder (at each checkpoint-like moment and at the end)."""
+    """Records the training losses every `every_n_steps` updates and writes them into the run
+    folder as training goes, so a run that is killed keeps its record: `losses.csv` at every
+    logging interval (the Trainer's `log_every_n_steps`), and `losses.csv` with
+    `loss_curves.png` whenever a checkpoint is saved, every `write_every_n_steps` updates and
+    at the end."""
 
     def __init__(self, every_n_steps: int = 1, write_every_n_steps: int = 200) -> None:
         self.every_n_steps = every_n_steps
         self.write_every_n_steps = write_every_n_steps
         self.rows: list[dict[str, float]] = []
         self._last_step = -1
+        self._plotted_step = -1
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
@@ -49,6 +57,14 @@ class LossCurves(L.Callback):
             self.rows.append(row)
         if step and step % self.write_every_n_steps == 0:
             self.write(trainer)
+        elif step and step % max(getattr(trainer, "log_every_n_steps", 50), 1) == 0:
+            self.write(trainer, plot=False)
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if trainer.global_step != self._plotted_step:  # once per step (a step's and last.ckpt)
+            self.write(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.write(trainer)
@@ -59,19 +75,23 @@ class LossCurves(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rows = list(state_dict.get("rows", []))
 
-    def write(self, trainer: L.Trainer) -> None:
+    def write(self, trainer: L.Trainer, plot: bool = True) -> None:
         if not trainer.is_global_zero or not self.rows:
             return
         out = run_folder(trainer)
         out.mkdir(parents=True, exist_ok=True)
         keys = ["step", *[k for k in PLOTTED if any(k in r for r in self.rows)]]
-        with open(out / "losses.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(self.rows)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text_atomically(out / "losses.csv", text.getvalue())  # a kill leaves the last one
+        if not plot:
+            return
         # a part that was never switched on (e.g. no category term) is left out of the plot
         shown = [k for k in keys[1:] if any(r.get(k, 0.0) != 0.0 for r in self.rows)]
         plot_loss_curves(self.rows, shown, out / "loss_curves.png")
+        self._plotted_step = trainer.global_step
 
 
 def plot_loss_curves(rows: list[dict[str, float]], keys: list[str], path: Path) -> None:
@@ -92,5 +112,7 @@ def plot_loss_curves(rows: list[dict[str, float]], keys: list[str], path: Path) 
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
     plt.close(fig)
+    os.replace(tmp, path)

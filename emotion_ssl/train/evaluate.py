@@ -1,7 +1,11 @@
 """`emotion-ssl evaluate`: the linear probe on every fold, against baselines, as tables and PNGs.
 
-Features are extracted once per feature set into `OUT/features/NAME/` (resumable), then every
-fold trains a fresh probe head on the training side and tests on the held-out side.
+Features are extracted once per feature set into `OUT/features/NAME/` (resumable; keyed by
+the encoder's content and the manifest's, so a changed encoder at the same path is extracted
+again), then every fold trains a fresh probe head on the training side and tests on the
+held-out side. Nonsense is refused before any work: fewer than two classes, a fold whose
+test side holds a class its training side lacks, an empty side; a fold with few clips is
+warned about in the log and in results.md.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from emotion_ssl.export.extract import (
     ExtractConfig,
     FeatureExtractor,
     FeatureWriter,
+    claim_extraction_dir,
+    encoder_identity,
     extract_manifest,
     read_features,
 )
@@ -28,10 +34,15 @@ from emotion_ssl.export.frozen import load_encoder
 from emotion_ssl.models.encoder import EmotionEncoder
 from emotion_ssl.train.metrics import plot_confusion, scores_from_confusion
 from emotion_ssl.train.probe import ProbeConfig, evaluate_fold, mfcc_statistics
+from emotion_ssl.utils.outputs import claim_output_dir, file_identity
 
 logger = logging.getLogger(__name__)
 
 BASELINES = ("random", "mfcc")
+MIN_TEST_CLIPS = 10
+"""A held-out fold with fewer clips gives scores too coarse to compare (one clip = 10%+)."""
+MIN_TRAIN_CLIPS = 20
+"""A training side with fewer clips leaves the probe almost nothing to learn from."""
 
 
 def resolve_manifest(data: str | Path) -> Path:
@@ -53,14 +64,37 @@ def _encoder_features(
     layer: int,
     device: str,
     progress: bool,
+    name: str,
+    manifest_id: str,
 ) -> dict[str, np.ndarray]:
+    """Frames of every entry, cached in `out`: the cache is reused only for the same encoder
+    (by content), manifest (by content) and layer; otherwise it is extracted again."""
     config = ExtractConfig(layer=layer, outputs=("frames",))
+    claimed = claim_extraction_dir(
+        out,
+        encoder_identity(encoder),
+        manifest_id,
+        config,
+        "shards",
+        replace_changed=True,
+        command="evaluate-features",
+    )
+    if claimed.status == "replaced":
+        logger.info(
+            "%s: the encoder or manifest changed since %s was cached: extracting again", name, out
+        )
     writer = FeatureWriter(out, "shards", shard_size=500)
-    extract_manifest(FeatureExtractor(encoder, config, device), entries, writer, progress=progress)
+    extractor = FeatureExtractor(encoder, config, device)
+    extract_manifest(extractor, entries, writer, progress=progress, desc=f"features: {name}")
     return read_features(out) if (out / "index.jsonl").exists() else {}
 
 
-def _mfcc_features(entries: Sequence[ManifestEntry], out: Path) -> dict[str, np.ndarray]:
+def _mfcc_features(
+    entries: Sequence[ManifestEntry], out: Path, manifest_id: str
+) -> dict[str, np.ndarray]:
+    claim_output_dir(
+        out, "evaluate-mfcc", {"manifest": manifest_id}, ["mfcc.npz"], replace_changed=True
+    )
     cache = out / "mfcc.npz"
     if cache.exists():
         return dict(np.load(cache))
@@ -70,9 +104,48 @@ def _mfcc_features(entries: Sequence[ManifestEntry], out: Path) -> dict[str, np.
             features[entry.key] = mfcc_statistics(load_audio(entry.path))
         except AudioReadError as err:
             logger.warning("skipping %s: %s", entry.path, err)
-    out.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **features)  # type: ignore[arg-type]
     return features
+
+
+def check_folds(
+    entries: Sequence[ManifestEntry], fold_field: str, folds: Sequence[str], where: str
+) -> list[str]:
+    """Refuse an evaluation whose numbers would mean nothing; returns warnings.
+
+    Errors (ValueError naming the manifest and fold): fewer than two classes among the
+    entries; a fold with an empty training or test side; a fold whose test side holds a class
+    the training side lacks (the probe could never predict it). Warnings: a test side of
+    fewer than MIN_TEST_CLIPS clips or a training side of fewer than MIN_TRAIN_CLIPS."""
+    present = sorted({str(e.label) for e in entries})
+    if len(present) < 2:
+        raise ValueError(
+            f"{where}: {len(present)} class ({', '.join(present)}) among {len(entries)} clips: "
+            "accuracy against one class is 100% whatever the features; a probe needs at least "
+            "two classes (check the label field)"
+        )
+    warnings: list[str] = []
+    for fold in folds:
+        test = [e for e in entries if str(e.extra[fold_field]) == fold]
+        train = [e for e in entries if str(e.extra[fold_field]) != fold]
+        if not test or not train:
+            side = "test" if not test else "training"
+            raise ValueError(f"{where}: {fold_field} {fold} leaves the {side} side empty")
+        unseen = sorted({str(e.label) for e in test} - {str(e.label) for e in train})
+        if unseen:
+            raise ValueError(
+                f"{where}: {fold_field} {fold}: class(es) {unseen} are in the test side but not "
+                "in training, so the probe can never predict them; use other folds or leave "
+                "those clips out"
+            )
+        if len(test) < MIN_TEST_CLIPS or len(train) < MIN_TRAIN_CLIPS:
+            warnings.append(
+                f"{fold_field} {fold}: only {len(test)} test and {len(train)} training clips "
+                f"(fewer than {MIN_TEST_CLIPS} / {MIN_TRAIN_CLIPS}): its scores are coarse"
+            )
+    for warning in warnings:
+        logger.warning("%s: %s", where, warning)
+    return warnings
 
 
 def evaluate(
@@ -89,13 +162,27 @@ def evaluate(
     progress: bool = True,
     extra_encoders: dict[str, str] | None = None,
     encoder_name: str = "encoder",
+    overwrite: bool = False,
 ) -> dict:
     """Run the probe for the encoder (if given, reported as `encoder_name`), any
     `extra_encoders` (name -> path) and each baseline; write results.json, results.md and one
-    confusion matrix PNG per feature set. Returns the results dict."""
+    confusion matrix PNG per feature set. Returns the results dict.
+
+    `out_dir` is claimed as in `emotion_ssl.utils.outputs`: new, empty, or an earlier
+    evaluation with the same settings (its feature caches are checked by content); anything
+    else needs `overwrite`."""
     probe = probe or ProbeConfig()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if encoder_path is None and "random" in baselines:
+        raise ValueError(
+            "the random-init baseline copies the encoder's architecture: give --encoder, or "
+            "--baselines mfcc for baselines only"
+        )
+    unknown_baselines = sorted(set(baselines) - set(BASELINES))
+    if unknown_baselines:
+        raise ValueError(f"unknown baseline(s) {unknown_baselines}; use {', '.join(BASELINES)}")
+    if encoder_path is None and not extra_encoders and not baselines:
+        raise ValueError("nothing to evaluate: give --encoder and/or --baselines")
     manifest = resolve_manifest(data)
     entries = [e for e in read_manifest(manifest) if e.label is not None]
     if not entries:
@@ -114,35 +201,75 @@ def evaluate(
     missing = sorted(set(chosen) - set(all_folds))
     if missing:
         raise ValueError(f"{manifest}: no {fold_field} {missing}; the folds are {all_folds}")
+    warnings = check_folds(entries, fold_field, chosen, str(manifest))
     corpus = entries[0].corpus
+
+    def absolute(path: str) -> str:
+        return str(Path(path).absolute())
+
+    names = [
+        *([encoder_name] if encoder_path is not None else []),
+        *(extra_encoders or {}),
+        *(["random-init"] if "random" in baselines else []),
+        *(["mfcc-stats"] if "mfcc" in baselines else []),
+    ]
+    identity = {
+        "manifest": absolute(str(manifest)),
+        "encoder": absolute(encoder_path) if encoder_path is not None else None,
+        "extra_encoders": {n: absolute(p) for n, p in (extra_encoders or {}).items()},
+        "encoder_name": encoder_name,
+        "folds": chosen,
+        "fold_field": fold_field,
+        "baselines": list(baselines),
+        "probe": asdict(probe),
+        "layer": layer,
+        "labels": label_names,
+    }
+    outputs = [
+        "results.json",
+        "results.md",
+        "features",
+        *[f"confusion_{slug(n)}.png" for n in names],
+    ]
+    claim_output_dir(out, "evaluate", identity, outputs, overwrite=overwrite)
+    manifest_id = file_identity(manifest)
 
     feature_sets: dict[str, dict[str, np.ndarray]] = {}
     base_config = None
+    encoders = dict(extra_encoders or {})
     if encoder_path is not None:
-        encoder = load_encoder(encoder_path)
-        base_config = encoder.config
-        feature_sets[encoder_name] = _encoder_features(
-            encoder, entries, out / "features" / slug(encoder_name), layer, device, progress
-        )
-    for name, path in (extra_encoders or {}).items():
+        encoders = {encoder_name: encoder_path, **encoders}
+    for name, path in encoders.items():
+        encoder = load_encoder(path)
+        base_config = base_config if name != encoder_name else encoder.config
         feature_sets[name] = _encoder_features(
-            load_encoder(path), entries, out / "features" / slug(name), layer, device, progress
+            encoder,
+            entries,
+            out / "features" / slug(name),
+            layer,
+            device,
+            progress,
+            name,
+            manifest_id,
         )
-    for name in baselines:
-        if name == "random":
-            if base_config is None:
-                raise ValueError(
-                    "the random-init baseline needs --encoder (it copies its architecture)"
-                )
-            torch.manual_seed(probe.seed)
-            random_encoder = EmotionEncoder(base_config).eval()
-            feature_sets["random-init"] = _encoder_features(
-                random_encoder, entries, out / "features" / "random-init", layer, device, progress
-            )
-        elif name == "mfcc":
-            feature_sets["mfcc-stats"] = _mfcc_features(entries, out / "features")
-        else:
-            raise ValueError(f"unknown baseline {name!r}; use {BASELINES}")
+    if "random" in baselines:
+        assert base_config is not None  # checked above: random needs the encoder
+        torch.manual_seed(probe.seed)
+        random_encoder = EmotionEncoder(base_config).eval()
+        feature_sets["random-init"] = _encoder_features(
+            random_encoder,
+            entries,
+            out / "features" / "random-init",
+            layer,
+            device,
+            progress,
+            "random-init",
+            manifest_id,
+        )
+    if "mfcc" in baselines:
+        feature_sets["mfcc-stats"] = _mfcc_features(
+            entries, out / "features" / "mfcc-stats", manifest_id
+        )
 
     results: dict = {
         "manifest": str(manifest),
@@ -153,6 +280,7 @@ def evaluate(
         "labels": label_names,
         "probe": asdict(probe),
         "layer": layer,
+        "warnings": warnings,
         "feature_sets": {},
     }
     for name, features in feature_sets.items():
@@ -166,6 +294,11 @@ def evaluate(
         for fold in chosen:
             test_idx = np.flatnonzero(fold_of == fold)
             train_idx = np.flatnonzero(fold_of != fold)
+            if len(test_idx) == 0 or len(train_idx) == 0:
+                raise ValueError(
+                    f"{manifest}: {name}, {fold_field} {fold}: no readable clip on the "
+                    f"{'test' if len(test_idx) == 0 else 'training'} side (see the skipped files)"
+                )
             scores, _, info = evaluate_fold(
                 feats, y, train_idx, test_idx, len(label_names), probe, speakers
             )
@@ -211,6 +344,7 @@ def results_markdown(results: dict) -> str:
         f"- folds: {results['fold_field']} = {', '.join(results['folds'])} (each held out once)",
         f"- classes: {', '.join(results['labels'])}",
         f"- probe: {results['probe']}",
+        *[f"- **warning**: {w}" for w in results.get("warnings", [])],
         "",
         "| features | WA | UA | WF1 |",
         "|---|---|---|---|",

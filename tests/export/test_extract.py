@@ -202,7 +202,7 @@ def test_cli_extract_resumes_without_recomputing(
 
 
 def test_cli_extract_refuses_other_settings_in_the_same_folder(
-    corpus: tuple[Path, Path], tmp_path: Path
+    corpus: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     manifest, folder = corpus
     base = [
@@ -216,8 +216,9 @@ def test_cli_extract_refuses_other_settings_in_the_same_folder(
         "--no-progress",
     ]
     assert main(base) == 0
-    with pytest.raises(ValueError, match="extracted with other settings"):
-        main([*base, "--layer", "0"])
+    capsys.readouterr()
+    assert main([*base, "--layer", "0"]) == 1
+    assert "other inputs or settings (layer: -1 -> 0)" in capsys.readouterr().err
     assert main([*base, "--workers", "2"]) == 0  # speed only: the same folder resumes
 
 
@@ -295,6 +296,7 @@ def test_export_writes_a_model_card_with_the_run_and_evaluation(tmp_path: Path) 
     assert sorted(p.name for p in (tmp_path / "enc").iterdir()) == [
         "README.md",
         "config.json",
+        "emotion-ssl.json",  # the record of what export wrote (emotion_ssl/utils/outputs.py)
         "model.safetensors",
     ]
 
