@@ -466,3 +466,13 @@ def test_every_option_has_help_and_usage_lines_can_be_pasted(
     assert len(options) >= 15
     bare = [name for name, text in options if text.startswith("(")]  # only "(type: ...)"
     assert bare == [], bare
+
+
+def test_docs_table_names_these_tests() -> None:
+    """docs/reliability.md pins each row to a test here: the names exist, and none is left out."""
+    table = (REPO / "docs" / "reliability.md").read_text()
+    named = set(re.findall(r"`(test_\w+)`", table))
+    here = {name for name in globals() if name.startswith("test_")} - {
+        "test_docs_table_names_these_tests"
+    }
+    assert named == here
