@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,9 +152,15 @@ def _precision(requested: str) -> str:
 
 
 def pretrain_run(
-    name: str, data: DemoData, out: Path, settings: DemoSettings, category: bool
+    name: str,
+    data: DemoData,
+    out: Path,
+    settings: DemoSettings,
+    category: bool,
+    extra: Sequence[str] = (),
 ) -> Path:
-    """One tiny pretraining through the real CLI; returns its last checkpoint."""
+    """One tiny pretraining through the real CLI (`extra`: more of its options, last so they
+    win); returns its last checkpoint."""
     from emotion_ssl.cli import pretrain
 
     crop = int(settings.crop_seconds * 16000)
@@ -182,6 +189,7 @@ def pretrain_run(
             "--model.category_ramp_steps", str(max(1, settings.steps // 5)),
             "--model.category_batch_centring", str(settings.category_batch_centring).lower(),
         ]  # fmt: skip
+    args += list(extra)
     run_dir = out / "runs" / name / "version_0"
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a rerun starts clean
@@ -202,9 +210,11 @@ def probe(
     settings: DemoSettings,
     encoders: dict[str, str],
     progress: bool = True,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """The demo's linear probe on held-out speakers for `encoders` (name -> folder; the first
-    is the main one), with the random-init encoder and MFCC statistics beside them."""
+    is the main one), with the random-init encoder and MFCC statistics beside them (`seed`:
+    the probe's and the random-init encoder's)."""
     from emotion_ssl.train.evaluate import evaluate
     from emotion_ssl.train.probe import ProbeConfig
 
@@ -215,7 +225,9 @@ def probe(
         out,
         folds=[data.test_fold],
         fold_field=data.fold_field,
-        probe=ProbeConfig(epochs=settings.probe_epochs, batch_size=settings.probe_batch_size),
+        probe=ProbeConfig(
+            epochs=settings.probe_epochs, batch_size=settings.probe_batch_size, seed=seed
+        ),
         labels=data.labels,
         progress=progress,
         extra_encoders=dict(rest),

@@ -41,15 +41,37 @@ def instance_norm_over_time(x: Tensor, padding_mask: Tensor | None, eps: float =
     return centred * torch.rsqrt(var + eps)
 
 
-def frame_targets(layer_results: list[Tensor], padding_mask: Tensor | None, top_k: int) -> Tensor:
-    """Average of the top-k teacher FFN outputs, each instance-normalised over time.
+FrameTargetNorm = Literal["instance", "layer"]
 
+
+def frame_targets(
+    layer_results: list[Tensor],
+    padding_mask: Tensor | None,
+    top_k: int,
+    norm: FrameTargetNorm = "instance",
+) -> Tensor:
+    """Average of the top-k teacher FFN outputs, each normalised.
+
+    norm="instance" (reference): each channel over the utterance's valid frames. That removes
+        every channel's clip mean, so nothing in the target differs between two clips as a
+        whole (level, pitch register, rate): the clip-level cues of emotion.
+    norm="layer" (ours, opt-in): each frame over its channels (no affine), which keeps those
+        clip-level differences in the target for the student to predict.
     layer_results: per shared block (B, T, D), utterance tokens already removed -> (B, T, D)
     fp32. Padded frames are 0.
     """
     if not 1 <= top_k <= len(layer_results):
         raise ValueError(f"top_k={top_k} must be in [1, {len(layer_results)}]")
-    normed = [instance_norm_over_time(h, padding_mask) for h in layer_results[-top_k:]]
+    if norm == "instance":
+        normed = [instance_norm_over_time(h, padding_mask) for h in layer_results[-top_k:]]
+    elif norm == "layer":
+        D = layer_results[-1].size(-1)
+        normed = [
+            _zero_padding(F.layer_norm(h.float(), (D,)), padding_mask)  # fp32 statistics
+            for h in layer_results[-top_k:]
+        ]
+    else:
+        raise ValueError(f"unknown frame target norm {norm!r}; use 'instance' or 'layer'")
     return torch.stack(normed).mean(dim=0)
 
 

@@ -16,6 +16,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import Tensor
 
 from emotion_ssl.losses import CollapseGuard, LossOutput, PretrainObjective, frame_targets
+from emotion_ssl.losses.targets import FrameTargetNorm
 from emotion_ssl.losses.utterance import UtteranceVariant
 from emotion_ssl.models import EmotionEncoder, EncoderConfig
 from emotion_ssl.models.decoder import ConvDecoder
@@ -112,6 +113,9 @@ class PretrainSystem(L.LightningModule):
         mask_prob, mask_length, mask_prob_adjust: span masking (exactly
             floor(mask_prob * T) frames masked per clone).
         top_k: teacher blocks averaged into the targets (the top ones).
+        frame_target_norm: "instance" (reference: each channel over the clip's frames, which
+            removes clip-level cues from the targets) or "layer" (each frame over channels,
+            keeps them; `emotion_ssl.losses.targets.frame_targets`).
         utterance_weight, utterance_variant, utterance_mode: the utterance-level loss.
         category_weight, category_ramp_steps, num_classes, temperature, pseudo_labels,
             pseudo_label_threshold, pseudo_label_warmup_steps, category_batch_centring: the
@@ -120,7 +124,9 @@ class PretrainSystem(L.LightningModule):
             leaves them out of its keys.
         category_memory_size: rows of past micro-batches kept as extra SupCon keys (0 =
             none); see docs/pretraining.md, "The category term".
-        ema_decay, ema_end_decay, ema_anneal_steps: teacher decay schedule (linear rise).
+        ema_decay, ema_end_decay, ema_anneal_steps: teacher decay schedule (linear rise);
+            ema_anneal_steps=-1 rises over the whole run (the trainer's max_steps), so a
+            short run's teacher follows the same curve as a long one's.
         lr, betas, eps, weight_decay, warmup_steps: AdamW with linear warm-up then cosine
             decay to 0 at the trainer's last step.
         collapse_after_steps, min_target_std, min_prediction_std, collapse_check_every:
@@ -151,6 +157,7 @@ class PretrainSystem(L.LightningModule):
         mask_length: int = 5,
         mask_prob_adjust: float = 0.05,
         top_k: int = 8,
+        frame_target_norm: FrameTargetNorm = "instance",
         utterance_weight: float = 1.0,
         utterance_variant: UtteranceVariant = "chunk",
         utterance_mode: Literal["code_faithful", "layer_norm"] = "layer_norm",
@@ -215,6 +222,7 @@ class PretrainSystem(L.LightningModule):
             mask_prob_adjust,
         )
         self.top_k = top_k
+        self.frame_target_norm: FrameTargetNorm = frame_target_norm
         self.lr, self.betas, self.eps = lr, (float(betas[0]), float(betas[1])), eps
         self.weight_decay, self.warmup_steps = weight_decay, warmup_steps
         self.collapse_check_every = collapse_check_every
@@ -240,6 +248,8 @@ class PretrainSystem(L.LightningModule):
                 module.compile()  # in place: parameters and state-dict keys unchanged
 
     def on_fit_start(self) -> None:
+        if self.hparams.get("ema_anneal_steps", 0) < 0:  # -1: the decay rises over the run
+            self.teacher.anneal_steps = max(1, int(self.trainer.estimated_stepping_batches))
         # by now a resumed run has restored its checkpoint (trainer.ckpt_path is set): then
         # init_from is history and its file need not exist any more
         if self.init_from and self.trainer.ckpt_path is None:
@@ -332,7 +342,9 @@ class PretrainSystem(L.LightningModule):
         E = teacher_out.num_tokens
         assert teacher_out.ffn_outputs is not None
         teacher_layers = [f[:, E:] for f in teacher_out.ffn_outputs[-self.config.depth :]]
-        frame_target = frame_targets(teacher_layers, padding_mask, self.top_k)  # (B, T, D)
+        frame_target = frame_targets(  # (B, T, D)
+            teacher_layers, padding_mask, self.top_k, self.frame_target_norm
+        )
 
         features_c = features.repeat_interleave(C, dim=0)  # (R, T, D), row b*C + c
         padding_c = None if padding_mask is None else padding_mask.repeat_interleave(C, dim=0)

@@ -109,6 +109,33 @@ def test_frame_targets_ignore_padded_frames() -> None:
     assert out.dtype == torch.float32
 
 
+def test_layer_norm_frame_targets_by_hand() -> None:
+    # one frame per clip, D = 2: layer norm maps [a, b] to [-1, 1] (a < b) or [1, -1], so two
+    # clips whose frames are equal over time differ in the target (instance norm: both 0)
+    clip = torch.tensor([[[1.0, 3.0], [1.0, 3.0]], [[5.0, 2.0], [5.0, 2.0]]])  # (2, T=2, 2)
+    # [1, 3]: mean 2, variance 1; [5, 2]: mean 3.5, variance 2.25
+    s0, s1 = 1 / math.sqrt(1 + EPS), 1.5 / math.sqrt(2.25 + EPS)
+    expected = torch.tensor([[[-s0, s0]] * 2, [[s1, -s1]] * 2])
+    torch.testing.assert_close(
+        frame_targets([clip], None, top_k=1, norm="layer"), expected, rtol=0, atol=1e-6
+    )
+    assert torch.equal(frame_targets([clip], None, top_k=1), torch.zeros(2, 2, 2))
+    # two layers are averaged after normalising each
+    other = torch.tensor([[[3.0, 1.0], [3.0, 1.0]], [[0.0, 4.0], [0.0, 4.0]]])
+    both = frame_targets([clip, other], None, top_k=2, norm="layer")
+    torch.testing.assert_close(both, torch.zeros(2, 2, 2), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="frame target norm"):
+        frame_targets([clip], None, top_k=1, norm="batch")  # type: ignore[arg-type]
+
+
+def test_layer_norm_frame_targets_zero_the_padding() -> None:
+    layers, padding, valid = _padded_pair()
+    out = frame_targets(layers, padding, top_k=2, norm="layer")
+    unpadded = frame_targets([h[1:, :valid] for h in layers], None, top_k=2, norm="layer")
+    torch.testing.assert_close(out[1:, :valid], unpadded)
+    assert torch.equal(out[1, valid:], torch.zeros(7 - valid, 5))
+
+
 @pytest.mark.parametrize("top_k", [0, 4, -1])
 def test_frame_targets_bad_top_k_raises(top_k: int) -> None:
     layers = [torch.randn(1, 3, 2) for _ in range(3)]

@@ -277,3 +277,18 @@ def test_training_step_never_waits_for_the_device() -> None:
     data = _Clips(8)
     _fit(system, data, 3, Record())
     assert not recorder.where, dict(recorder.where)
+
+
+def test_ema_anneal_over_the_whole_run() -> None:
+    """ema_anneal_steps=-1: the decay rises from start to end over the trainer's max_steps."""
+    system = tiny_system(ema_decay=0.9, ema_end_decay=0.99, ema_anneal_steps=-1)
+    decays: list[float] = []
+
+    class Decays(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+            decays.append(pl_module.teacher.decay(trainer.global_step))
+
+    _fit(system, _Clips(8), 4, Decays())
+    assert system.teacher.anneal_steps == 4
+    # after updates 1..4 of 4: 0.9 + 0.09 * k / 4, the last one at the end value
+    assert decays == pytest.approx([0.9225, 0.945, 0.9675, 0.99])
