@@ -136,8 +136,10 @@ def test_lengths_stay_on_the_host_after_transfer() -> None:
         labels=torch.tensor([-1, -1]),
         keys=["a", "b"],
     )
-    moved = system.transfer_batch_to_device(batch, torch.device("cpu"), 0)
-    assert moved.lengths is batch.lengths
+    # a device that really differs from the host (on CPU, .to("cpu") returns the same object)
+    moved = system.transfer_batch_to_device(batch, torch.device("meta"), 0)
+    assert moved.waveforms.device.type == "meta" and moved.labels.device.type == "meta"
+    assert moved.lengths is batch.lengths and moved.lengths.device.type == "cpu"
 
 
 def test_encoder_output_unchanged_by_unpadded_lengths() -> None:
