@@ -14,6 +14,9 @@ a time, `--threads` threads.
 - Operators: torch.profiler's self CPU time per aten operator, onnxruntime's profiler per
   operator type of the optimised graph (its fused kernels: BiasGelu, SkipLayerNormalization,
   FusedMatMul, and NCHWc Reorder nodes around convolutions).
+- Matmul ceilings: fp32 GFLOP/s of a bare matrix product in torch and in onnxruntime (MLAS)
+  at the encoder's shapes for a 4 s clip (E + 200 rows: qkv, FFN in and out) and 2048^3;
+  with every other operator free, extraction could run at most this fast.
 Profilers add overhead: read their columns as shares, the stage table for seconds.
 """
 
@@ -22,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import shlex
 import sys
 import tempfile
@@ -38,11 +40,12 @@ from torch import Tensor, nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.extract_speed import make_clips, make_encoder  # noqa: E402
+from benchmarks.extract_speed import load_average, make_clips, make_encoder  # noqa: E402
 from benchmarks.pretrain_throughput import append_results, cpu_name  # noqa: E402
-from emotion_ssl import EmotionEncoder  # noqa: E402
+from emotion_ssl import EmotionEncoder, EncoderConfig  # noqa: E402
 from emotion_ssl.export import ort  # noqa: E402
 from emotion_ssl.models.feature_extractor import normalize_waveform  # noqa: E402
+from emotion_ssl.utils.flops import inference_flops  # noqa: E402
 
 
 class FrontEnd(nn.Module):
@@ -165,6 +168,48 @@ def ort_operators(path: Path, clips: list[np.ndarray], threads: int, top: int) -
     return [f"{op} {100 * us / total:.1f}%" for op, us in ranked]
 
 
+def matmul_ceilings(config: EncoderConfig, threads: int) -> list[str]:
+    """Table rows: GFLOP/s of (M, K) x (K, N) in torch and onnxruntime, `threads` threads."""
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    rows = config.num_utterance_tokens + 200  # a 4 s clip
+    D, hidden = config.embed_dim, int(config.embed_dim * config.mlp_ratio)
+    shapes = [
+        ("qkv", rows, D, 3 * D),
+        ("FFN in", rows, D, hidden),
+        ("FFN out", rows, hidden, D),
+        ("2048^3", 2048, 2048, 2048),
+    ]
+    out = []
+    for name, M, K, N in shapes:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((M, K), dtype=np.float32)
+        w = rng.standard_normal((K, N), dtype=np.float32)
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["y"])],
+            "matmul",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [M, K])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [M, N])],
+            [numpy_helper.from_array(w, "w")],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ort.OPSET)])
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = onnxruntime.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+        reps = max(3, int(4e9 / (2 * M * K * N)))
+        flop = 2 * M * K * N * reps / 1e9
+        t_torch = best_of(3, lambda xt=xt, wt=wt, reps=reps: [xt @ wt for _ in range(reps)])
+        t_ort = best_of(
+            3, lambda s=session, x=x, reps=reps: [s.run(None, {"x": x}) for _ in range(reps)]
+        )
+        out.append(f"| {name} ({M} x {K} x {N}) | {flop / t_torch:.0f} | {flop / t_ort:.0f} |")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="base", choices=["base", "tiny"])
@@ -179,7 +224,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     encoder = make_encoder(args.config, torch.device("cpu"))
     arrays = make_clips(args.clips, args.min_seconds, args.max_seconds)
     clips = [torch.from_numpy(a).unsqueeze(0) for a in arrays]
@@ -212,8 +257,10 @@ def main() -> None:
             )
             ort_whole = min(ort_whole, best_of(1, run_full))
     ort_ops = ort_operators(full_path, arrays, args.threads, args.top)
-    load_after = os.getloadavg()[0]
+    ceilings = matmul_ceilings(encoder.config, args.threads)
+    load_after = load_average()
 
+    flops = inference_flops(encoder.config, audio / len(arrays))  # per second of audio
     cnn_rows = [
         f"| torch eager | {whole:.2f} | {torch_cnn:.2f} | {100 * torch_cnn / whole:.0f}% |",
         f"| onnxruntime | {ort_whole:.2f} | {ort_cnn:.2f} | {100 * ort_cnn / ort_whole:.0f}% |",
@@ -235,8 +282,8 @@ def main() -> None:
         [
             f"Device: {cpu_name()}; {args.threads} threads; {args.config} encoder (random seeded "
             f"weights), fp32, one clip at a time; {len(arrays)} clips, {audio:.1f} s of audio in "
-            f"[{args.min_seconds:g}, {args.max_seconds:g}] s; best of {args.repeats}; 1-min load "
-            f"average {load_before:.2f} before, {load_after:.2f} after; "
+            f"[{args.min_seconds:g}, {args.max_seconds:g}] s; best of {args.repeats}; load average "
+            f"(1, 5, 15 min) {load_before} before, {load_after} after; "
             f"{datetime.date.today().isoformat()}.",
             f"Command: `{command}`",
             "",
@@ -258,6 +305,14 @@ def main() -> None:
             "| rank | torch eager (aten, self CPU) | onnxruntime (optimised graph) |",
             "|---|---|---|",
             *operators,
+            "",
+            f"Matmul ceilings (fp32, {args.threads} threads; the whole encoder runs at "
+            f"{flops * audio / whole / 1e9:.0f} GFLOP/s in torch eager, "
+            f"{flops * audio / ort_whole / 1e9:.0f} in onnxruntime, one clip at a time):",
+            "",
+            "| product (M x K x N) | torch GFLOP/s | onnxruntime GFLOP/s |",
+            "|---|---|---|",
+            *ceilings,
         ]
     )
     print("\n" + text)

@@ -10,7 +10,7 @@ difference below) against our batched, length-sorted, padding-exact extraction
 Clips: `--clips` random waveforms with durations uniform in [--min-seconds, --max-seconds]
 (RAVDESS spans 2.9-5.3 s); random seeded weights of `--config` (speed does not depend on
 their values). Every mode runs in this one process, interleaved over `--repeats` rounds (best
-round kept), so all see the same machine state; the 1-minute load average before and after
+round kept), so all see the same machine state; the load averages before and after
 is printed with the table, because other processes on a shared machine change CPU timings a
 lot. One-time costs (ONNX export, session setup, compilation) are excluded from the timings
 and listed under the table.
@@ -22,9 +22,9 @@ Modes (`--backends` picks the families; W = `--workers`, T = `--threads`):
   time in W workers;
 - compile: `torch.compile(encoder, dynamic=True)` in the first X s batches;
 - onnxruntime: `ExtractConfig(backend="onnxruntime")` (emotion_ssl/export/ort.py): one clip
-  per batch, X s batches with T intra-op threads, and X s batches in W workers x 1 thread;
+  per batch and X s batches, each with T intra-op threads and in W workers x 1 thread;
   plus the default of `emotion-ssl extract` (`--backend auto`, library defaults otherwise),
-  deciding as it would for a manifest of 5 min or more, with the choice printed;
+  deciding as it would for a long manifest (30 min or more), with the choice printed;
 - `--int8`: onnxruntime with int8 dynamic quantisation of the weights (MatMul and Gemm
   nodes; not exact, outputs stated); `--bf16`: bf16 autocast torch batches (not exact).
 
@@ -127,6 +127,11 @@ def matmul_gflops(device: torch.device, size: int = 2048, tries: int = 5) -> flo
     return 2 * size**3 / best / 1e9
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages (other processes change CPU timings a lot)."""
+    return " / ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def max_diff(a: Features, b: Features, key: str) -> float:
     return max(float(np.abs(x[key] - y[key]).max()) for x, y in zip(a, b, strict=True))
 
@@ -192,7 +197,7 @@ def main() -> None:
     clips = make_clips(args.clips, args.min_seconds, args.max_seconds)
     audio = sum(len(c) for c in clips) / 16_000
     w, b0 = args.workers, args.batch_seconds[0]
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     use_ort = "onnxruntime" in args.backends or args.int8
     if use_ort and not cpu:
         raise SystemExit("onnxruntime modes run on the CPU only (use --device cpu)")
@@ -234,6 +239,11 @@ def main() -> None:
     if "onnxruntime" in args.backends:
         onnx = {"backend": "onnxruntime"}
         add("onnxruntime, one at a time", extractor(batch_seconds=0.01, **onnx))
+        if w > 1:
+            add(
+                f"onnxruntime, one at a time, {w} workers x 1 thread",
+                extractor(batch_seconds=0.01, workers=w, **onnx),
+            )
         add(f"onnxruntime, batched ({b0:g} s batches)", extractor(batch_seconds=b0, **onnx))
         if w > 1:
             add(
@@ -242,7 +252,7 @@ def main() -> None:
             )
     if use_ort or not cpu:
         # `emotion-ssl extract`'s defaults: --backend auto, deciding as for a long manifest
-        ort.AUTO_MIN_SECONDS = 0.0
+        ort.AUTO_MIN_SECONDS = ort.AUTO_MIN_SECONDS_CACHED = 0.0
         default = extractor(backend="auto")
         start = time.perf_counter()
         default.extract(clips[:4])
@@ -286,7 +296,7 @@ def main() -> None:
             elapsed = time.perf_counter() - start
             best[name] = min(best.get(name, float("inf")), elapsed)
             print(f"round {round_}: {name:<60} {elapsed:7.2f} s", flush=True)
-    load_after = os.getloadavg()[0]
+    load_after = load_average()
 
     reference = outputs[REFERENCE]
     base_time = best[REFERENCE]
@@ -312,8 +322,8 @@ def main() -> None:
             f"Device: {device_name}; torch threads {args.threads}; {args.config} encoder (random "
             f"seeded weights), fp32 unless marked; {len(clips)} clips, {audio:.1f} s of audio, "
             f"durations uniform in [{args.min_seconds:g}, {args.max_seconds:g}] s; best of "
-            f"{args.repeats} interleaved rounds; 1-min load average {load_before:.2f} before, "
-            f"{load_after:.2f} after; torch {torch.__version__}"
+            f"{args.repeats} interleaved rounds; load average (1, 5, 15 min) {load_before} "
+            f"before, {load_after} after; torch {torch.__version__}"
             + (f", onnxruntime {_ort_version()}" if use_ort else "")
             + f"; {datetime.date.today().isoformat()}. Ceiling: a 2048^3 fp32 torch matmul runs "
             f"at {ceiling:.0f} GFLOP/s here; one at a time reaches "
@@ -342,7 +352,8 @@ def main() -> None:
     if worst > 1e-4:
         raise SystemExit(f"outputs differ by {worst:.2e} > 1e-4 from one-at-a-time")
     if args.record:
-        append_results("Extraction speed (benchmarks/extract_speed.py)", text)
+        backends = ", ".join(args.backends + ["int8"] * args.int8 + ["bf16"] * args.bf16)
+        append_results(f"Extraction speed: {backends} (benchmarks/extract_speed.py)", text)
 
 
 def _ort_version() -> str:

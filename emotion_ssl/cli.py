@@ -437,9 +437,9 @@ def extract(args: list[str]) -> None:
         "--backend",
         choices=["auto", "torch", "onnxruntime"],
         default="auto",
-        help="auto: on a CPU (float32, at least 5 min of audio) ONNX Runtime when a timed trial "
-        "on the first batch finds it faster, else torch; the choice is printed "
-        "(emotion_ssl/export/ort.py)",
+        help="auto: on a CPU (float32, at least 30 min of audio, 10 once exported) ONNX "
+        "Runtime when a timed trial on the first batch finds it faster, else torch; the choice "
+        "is printed (emotion_ssl/export/ort.py)",
     )
     parser.add_argument(
         "--onnx-cache",

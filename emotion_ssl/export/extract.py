@@ -66,8 +66,8 @@ class ExtractConfig:
     backend: "torch" (eager PyTorch), "onnxruntime" (CPU, float32: the encoder exported to
         ONNX once per weights and run by ONNX Runtime; frames within 1e-4 of torch) or "auto"
         (onnxruntime when a timed trial on the first batch finds it faster, for a CPU float32
-        extraction of at least 5 min of audio; `emotion-ssl extract`'s default). Rules,
-        threads and the export cache: emotion_ssl/export/ort.py.
+        job of at least 30 min of audio, 10 min once exported; `emotion-ssl extract`'s
+        default). Rules, threads and the export cache: emotion_ssl/export/ort.py.
     onnx_cache: folder of the exported ONNX files (None: $EMOTION_SSL_ONNX_CACHE or
         <tmp>/emotion-ssl-onnx); a file is named by a hash of the weights and config.
     batch_seconds, workers, backend and onnx_cache change the speed, not the features
@@ -132,6 +132,9 @@ class FeatureExtractor:
         self.backend: str | None = None  # "torch" or "onnxruntime", chosen by the first extract
         self.backend_note = ""  # which backend runs, and why
         self._onnx: OrtBatchEncoder | None = None
+        # audio of the whole job when the caller knows it (extract_manifest sets it): backend
+        # "auto" weighs the one-time ONNX export against it, not against one call's audio
+        self.planned_seconds = 0.0
 
     # ------------------------------------------------------------------ segments
     def _segments(self, index: int, audio: np.ndarray) -> list[_Segment]:
@@ -188,7 +191,8 @@ class FeatureExtractor:
         batches = list(self._batches(segments))
         first = None
         if self.backend is None and batches:
-            first = self._choose_backend(batches[0], sum(map(len, recordings)) / SAMPLE_RATE)
+            seconds = max(sum(map(len, recordings)) / SAMPLE_RATE, self.planned_seconds)
+            first = self._choose_backend(batches[0], seconds)
         rest = self._encode_all(batches[1:] if first is not None else batches)
         encoded: dict[tuple[int, int], dict[str, Tensor]] = {}
         for batch, results in zip(batches, rest if first is None else [first, *rest], strict=True):
@@ -382,6 +386,7 @@ def extract_manifest(
             groups.append([])
         groups[-1].append(entry)
     total = sum(e.duration for e in todo)
+    extractor.planned_seconds = total
     failed = 0
     bar = _progress(total, progress, desc)
     start = time.perf_counter()

@@ -18,10 +18,12 @@ Backends:
 - "torch": eager PyTorch (any device, float32 or bfloat16 autocast);
 - "onnxruntime": CPU, float32; its first batch also runs in torch and must agree within
   `TOLERANCE` (a cheap guard against a wrong file), else it stops;
-- "auto": on a CPU, in float32, for at least `AUTO_MIN_SECONDS` of audio in the first
-  `extract` call, a timed trial on the first batch (each backend runs it twice, the second
-  run timed; the frames are compared) picks the faster; otherwise torch (the export would
-  not pay for itself). The choice and its reason are logged and kept in
+- "auto": on a CPU, in float32, for a job of at least `AUTO_MIN_SECONDS` of audio (30 min;
+  `AUTO_MIN_SECONDS_CACHED`, 10 min, when the export is cached) — the whole manifest under
+  `extract_manifest`, else the first `extract` call — a timed trial on the first batch
+  (each backend runs it once untimed, then twice interleaved, best kept; the frames are
+  compared) picks onnxruntime unless torch is `TRIAL_MARGIN` (10%) faster; otherwise torch
+  (the export would not pay for itself). The choice and its reason are logged and kept in
   `FeatureExtractor.backend_note`.
 
 Threads: `threads` intra-op threads per session run (the extractor passes the torch thread
@@ -57,9 +59,18 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("torch", "onnxruntime", "auto")
 TOLERANCE = 1e-4
 """Largest allowed |onnxruntime - torch| on the first batch's frames and tokens."""
-AUTO_MIN_SECONDS = 300.0
-"""`auto` tries onnxruntime only for at least this much audio in the first `extract` call:
-below it the export and session setup (about 25 s for base on 2 cores) would not pay off."""
+AUTO_MIN_SECONDS = 1800.0
+"""`auto` exports the encoder only for a job of at least this much audio (30 min): the export,
+session setup and trial (about 40 s for base on 2 cores) cost about what onnxruntime's
+measured 1.1-1.2x saves on 30 min of audio (benchmarks/RESULTS.md)."""
+AUTO_MIN_SECONDS_CACHED = 600.0
+"""With the export already cached, session setup and trial (about 10 s) pay off from 10 min."""
+TRIAL_RUNS = 2
+"""Timed runs of the first batch per backend in `auto`'s trial (after one untimed run)."""
+TRIAL_MARGIN = 1.1
+"""`auto` keeps onnxruntime unless torch runs the trial batch at least this much faster: one
+batch's timings are noisy on a shared machine, and onnxruntime was 1.2-1.3x faster than
+eager torch in every benchmark run here (benchmarks/RESULTS.md)."""
 CACHE_ENV = "EMOTION_SSL_ONNX_CACHE"
 OPSET = 20
 """Opset of the backend's export: from 20 ONNX has a Gelu operator, which onnxruntime runs
@@ -97,15 +108,23 @@ def graph_key(encoder: EmotionEncoder, layer: int = -1) -> str:
     return digest.hexdigest()
 
 
+def cache_path(
+    encoder: EmotionEncoder, layer: int = -1, cache_dir: str | Path | None = None
+) -> tuple[Path, str]:
+    """Where the export of `encoder` (block `layer` as `frames`) is cached: (path, key)."""
+    key = graph_key(encoder, layer)
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return folder / f"encoder-{key}.onnx", key
+
+
 def cached_onnx(
     encoder: EmotionEncoder, layer: int = -1, cache_dir: str | Path | None = None
 ) -> tuple[Path, str]:
     """The ONNX file of `encoder` (block `layer` as `frames`) in `cache_dir`, exported unless a
     file with the same `graph_key` is there. Returns (path, key). The export writes a
     temporary file and renames it, so concurrent extractions never read a partial file."""
-    key = graph_key(encoder, layer)
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = folder / f"encoder-{key}.onnx"
+    path, key = cache_path(encoder, layer, cache_dir)
+    folder = path.parent
     if path.is_file():
         logger.info("onnxruntime: using the cached export %s", path)
         return path, key
@@ -196,8 +215,8 @@ def choose_backend(
 ) -> BackendChoice:
     """Resolve `requested` ("torch", "onnxruntime" or "auto"; see the module docstring).
 
-    seconds: audio in the first `extract` call; first_batch: that call's first batch (its
-    recordings); torch_encode: runs that batch in torch.
+    seconds: audio of the job (the manifest's, or the first `extract` call's); first_batch:
+    the first batch (its recordings); torch_encode: runs that batch in torch.
     """
     if requested not in BACKENDS:
         raise ValueError(f"backend {requested!r}: expected one of {', '.join(BACKENDS)}")
@@ -213,30 +232,38 @@ def choose_backend(
     if requested == "auto":
         if unsupported:
             return BackendChoice("torch", f"torch (auto: not onnxruntime, {unsupported})")
-        if seconds < AUTO_MIN_SECONDS:
+        too_little = None
+        if seconds < AUTO_MIN_SECONDS_CACHED:
+            too_little = f"the {AUTO_MIN_SECONDS_CACHED:.0f} s that pay for setting up onnxruntime"
+        elif seconds < AUTO_MIN_SECONDS and not cache_path(encoder, layer, cache_dir)[0].is_file():
+            too_little = f"the {AUTO_MIN_SECONDS:.0f} s that pay for the ONNX export (none cached)"
+        if too_little:
             return BackendChoice(
                 "torch",
-                f"torch (auto: {seconds:.0f} s of audio is below {AUTO_MIN_SECONDS:.0f} s, too "
-                "little to pay for the ONNX export; --backend onnxruntime forces it)",
+                f"torch (auto: {seconds:.0f} s of audio, below {too_little}; "
+                "--backend onnxruntime forces it)",
             )
     elif unsupported:
         raise ValueError(f"backend onnxruntime: {unsupported}")
 
     runner = OrtBatchEncoder(*cached_onnx(encoder, layer, cache_dir), threads=threads)
-    trial = requested == "auto"
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)  # the threads torch would get: a fair trial
-    try:
-        torch_seconds, want = _timed(torch_encode, twice=trial)
-    finally:
-        torch.set_num_threads(previous)
-    ort_seconds, got = _timed(lambda: runner(first_batch), twice=trial)
+
+    def run_torch() -> list[SegmentResult]:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)  # the threads torch would get: a fair trial
+        try:
+            return torch_encode()
+        finally:
+            torch.set_num_threads(previous)
+
+    want, got = run_torch(), runner(first_batch)  # also the warm-up of both
     difference = max(
         float((g[name] - w[name]).abs().max())
         for g, w in zip(got, want, strict=True)
         for name in ("frames", "tokens")
     )
     agreement = f"first batch within {difference:.1e} of torch"
+    trial = requested == "auto"
     if difference > TOLERANCE:
         message = (
             f"onnxruntime differs from torch by {difference:.2e} > {TOLERANCE:g} on the first batch"
@@ -249,34 +276,34 @@ def choose_backend(
         return BackendChoice(
             "onnxruntime", f"onnxruntime (requested; {agreement})", runner, first_batch=got
         )
+    torch_seconds = ort_seconds = float("inf")
+    for _ in range(TRIAL_RUNS):  # interleaved, best of each: both see the same machine state
+        torch_seconds = min(torch_seconds, _seconds(run_torch))
+        ort_seconds = min(ort_seconds, _seconds(lambda: runner(first_batch)))
     timing = (
         f"first batch ({len(first_batch)} clips): onnxruntime {ort_seconds:.2f} s, torch "
         f"{torch_seconds:.2f} s, {threads} thread(s)"
     )
-    if ort_seconds < torch_seconds:
+    if torch_seconds * TRIAL_MARGIN > ort_seconds:
         return BackendChoice(
             "onnxruntime", f"onnxruntime (auto: {timing}; {agreement})", runner, first_batch=got
         )
     return BackendChoice("torch", f"torch (auto: {timing})", first_batch=want)
 
 
-def _timed(
-    run: Callable[[], list[SegmentResult]], twice: bool
-) -> tuple[float, list[SegmentResult]]:
-    """Run once (or twice, timing the second: the first pays for allocation and kernel
-    selection); returns (seconds of the timed run, its outputs)."""
-    if twice:
-        run()
+def _seconds(run: Callable[[], object]) -> float:
     start = time.perf_counter()
-    out = run()
-    return time.perf_counter() - start, out
+    run()
+    return time.perf_counter() - start
 
 
 __all__ = [
     "AUTO_MIN_SECONDS",
+    "AUTO_MIN_SECONDS_CACHED",
     "BACKENDS",
     "BackendChoice",
     "OrtBatchEncoder",
+    "cache_path",
     "cached_onnx",
     "choose_backend",
     "default_cache_dir",

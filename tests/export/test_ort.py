@@ -166,14 +166,27 @@ def test_the_export_cache_never_serves_other_weights(
 
 
 def test_auto_keeps_torch_where_onnxruntime_cannot_pay_off(
-    encoder: EmotionEncoder, cache: Path
+    encoder: EmotionEncoder, cache: Path, tmp_path: Path
 ) -> None:
     audio = recordings([16000, 8000])
-    small = FeatureExtractor(encoder, ExtractConfig(backend="auto", onnx_cache=str(cache)))
-    small.extract(audio)
-    assert small.backend == "torch" and "below 300 s" in small.backend_note
-    bf16 = FeatureExtractor(encoder, ExtractConfig(backend="auto", dtype="bfloat16"))
-    bf16.extract(audio)
+
+    def auto(planned: float, cache_dir: Path, **settings: object) -> FeatureExtractor:
+        extractor = FeatureExtractor(
+            encoder,
+            ExtractConfig(backend="auto", onnx_cache=str(cache_dir), **settings),  # type: ignore[arg-type]
+        )
+        extractor.planned_seconds = planned  # what extract_manifest sets: the whole job
+        extractor.extract(audio)
+        return extractor
+
+    small = auto(0.0, cache)  # 1.5 s of audio, the export cached
+    assert small.backend == "torch" and "below the 600 s" in small.backend_note
+    uncached = auto(1000.0, tmp_path / "empty")  # 1000 s: enough for a cached export only
+    assert uncached.backend == "torch" and "below the 1800 s" in uncached.backend_note
+    assert not (tmp_path / "empty").exists()  # nothing exported
+    cached = auto(1000.0, cache)
+    assert "(auto: first batch" in cached.backend_note  # tried: the export was cached
+    bf16 = auto(1e6, cache, dtype="bfloat16")
     assert bf16.backend == "torch" and "not bfloat16" in bf16.backend_note
     with pytest.raises(ValueError, match="float32, not bfloat16"):
         FeatureExtractor(encoder, ExtractConfig(backend="onnxruntime", dtype="bfloat16")).extract(
@@ -190,6 +203,7 @@ def test_auto_picks_the_faster_backend_on_the_first_batch(
     """The trial times both backends on the first batch; one is slowed down by 0.3 s per
     batch here, so the choice is known."""
     monkeypatch.setattr(ort, "AUTO_MIN_SECONDS", 0.0)
+    monkeypatch.setattr(ort, "AUTO_MIN_SECONDS_CACHED", 0.0)
     if slower == "onnxruntime":
         run = ort.OrtBatchEncoder.__call__
 
