@@ -101,6 +101,9 @@ def pretrain(args: list[str]) -> Any:
     class PretrainCLI(EmotionSSLCLI):  # one-line errors, preflight, run folder printed
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            from emotion_ssl.train.monitor import RepresentationMonitor
+
+            parser.add_lightning_class_args(RepresentationMonitor, "monitor")  # --monitor.*
             parser.set_defaults(
                 {
                     "checkpoint.save_last": True,

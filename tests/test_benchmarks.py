@@ -65,6 +65,14 @@ def test_category_term_quick(tmp_path: Path) -> None:
         assert f"| {row} |" in out
 
 
+def test_monitor_overhead_quick(tmp_path: Path) -> None:
+    out = run(
+        "monitor_overhead.py", "--quick", "--steps", "4", "--measure-every", "2", "--threads", "1",
+        "--out", str(tmp_path / "mo"), tmp_path=tmp_path,
+    )  # fmt: skip
+    assert "| tiny.yaml (every_n_steps" in out and "| code defaults (256 clips" in out
+
+
 def test_golden_parity(tmp_path: Path) -> None:
     require_shared(GOLDEN)
     out = run("golden_parity.py", tmp_path=tmp_path)
