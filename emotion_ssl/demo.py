@@ -40,6 +40,7 @@ DEMO_OUTPUTS = (
     "loss_curves.png",
     "confusion_matrix.png",
     "embeddings_2d.png",
+    "monitor.png",
 )
 """What the demo writes into its folder."""
 
@@ -175,6 +176,8 @@ def pretrain_run(
         "--checkpoint.every_n_train_steps", str(max(1, settings.steps)),
         "--model.warmup_steps", str(max(1, settings.steps // 10)),
         "--model.lr", str(settings.lr),
+        # the monitor probes the labelled training speakers (never the held-out ones)
+        "--monitor.manifest", str(data.labelled),
         "--model.num_clones", str(settings.num_clones),
         "--data.max_sample_size", str(crop),
         "--data.max_tokens", str(crop * settings.clips_per_batch),
@@ -263,6 +266,42 @@ def project_embeddings(
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def monitor_plot(runs: dict[str, Path], path: Path) -> None:
+    """The monitor's curves of every run (last block): probe UA, kNN accuracy, utterance
+    RankMe, one line per run, from each run folder's monitor.csv."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = {
+        "monitor/last/probe_ua": "probe UA",
+        "monitor/last/knn_acc": "kNN accuracy",
+        "monitor/last/rankme_utt": "utterance RankMe",
+    }
+    fig, axes = plt.subplots(1, len(panels), figsize=(13, 3.6))
+    for name, run_dir in runs.items():
+        if not (run_dir / "monitor.csv").exists():
+            continue
+        with open(run_dir / "monitor.csv") as f:
+            rows = list(csv.DictReader(f))
+        for ax, (key, title) in zip(axes, panels.items(), strict=True):
+            points = [(float(r["step"]), float(r[key])) for r in rows if r.get(key)]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", ms=3, label=name)
+            ax.set_title(title)
+    for ax in axes:
+        ax.set_xlabel("optimizer update")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -390,6 +429,7 @@ def run_demo(
     )
     run_dirs = {name: ckpt.parent.parent for name, ckpt in runs.items()}
     combined_loss_plot(run_dirs, out / "loss_curves.png")
+    monitor_plot(run_dirs, out / "monitor.png")
     shutil.copy(out / "evaluation" / f"confusion_{slug(FULL)}.png", out / "confusion_matrix.png")
     timings["total"] = time.perf_counter() - start
     report = {
@@ -441,6 +481,12 @@ def report_markdown(report: dict[str, Any]) -> str:
         'docs/pretraining.md, "The category term").',
         "",
         "![loss curves](loss_curves.png)",
+        "",
+        'The representation monitor during pretraining (docs/pretraining.md, "The '
+        'representation monitor"): probe UA and kNN accuracy on the labelled training '
+        "speakers (leave-one-speaker-out), and the effective rank of the clip embeddings.",
+        "",
+        "![representation monitor](monitor.png)",
         "",
         "![confusion matrix: pretrained encoder, held-out speakers](confusion_matrix.png)",
         "",

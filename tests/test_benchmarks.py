@@ -65,6 +65,28 @@ def test_category_term_quick(tmp_path: Path) -> None:
         assert f"| {row} |" in out
 
 
+def test_quality_study_quick_and_resumable(tmp_path: Path) -> None:
+    """Two seeds of the quick study; a rerun reuses both (nothing pretrained again); other
+    settings in the same folder are refused."""
+    args = ["--quick", "--corpora", "synthetic", "--seeds", "1", "2", "--out", str(tmp_path / "q")]
+    out = run("quality.py", *args, tmp_path=tmp_path)
+    for row in ("frame only", "frame + utterance (default)", "full objective", "random-init"):
+        assert f"| {row} |" in out
+    assert "Label-free (frame + utterance, default) minus random-init" in out
+    assert (tmp_path / "q" / "quality.md").read_text().count("| frame only |") == 1
+    again = run("quality.py", *args, tmp_path=tmp_path)
+    assert again.count("done before, reusing") == 2 and ": pretraining '" not in again
+    other = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "quality.py"), *args, "--steps", "7"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert other.returncode != 0 and "made with other settings" in other.stderr
+
+
 def test_monitor_overhead_quick(tmp_path: Path) -> None:
     out = run(
         "monitor_overhead.py", "--quick", "--steps", "4", "--measure-every", "2", "--threads", "1",

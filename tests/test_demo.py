@@ -21,9 +21,14 @@ def test_quick_demo_writes_the_report(tmp_path: Path) -> None:
         "embeddings_2d.png",
     ):
         assert (out / name).stat().st_size > 0, name
-    for png in ("loss_curves.png", "confusion_matrix.png", "embeddings_2d.png"):
+    for png in ("loss_curves.png", "confusion_matrix.png", "embeddings_2d.png", "monitor.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     report = (out / "report.md").read_text()
+    assert "![representation monitor](monitor.png)" in report
+    # the monitor probed the labelled training speakers: its rows carry the labelled metrics
+    monitor = (out / "runs" / "no_category" / "version_0" / "monitor.csv").read_text()
+    assert "monitor/last/probe_ua" in monitor.splitlines()[0]
+    assert len(monitor.splitlines()) >= 3  # update 0 (random init), ..., the last update
     results = json.loads((out / "evaluation" / "results.json").read_text())
     assert set(results["feature_sets"]) == {
         "pretrained (full objective)",
