@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from shared_corpora import subset_manifest
 
 REPO = Path(__file__).resolve().parents[2]
