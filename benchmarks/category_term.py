@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, r in results["feature_sets"].items():
         loss = losses.get(name, float("nan"))
         feature_dir = out / "evaluation" / "features" / slug(name)
-        width = f"{spread(feature_dir, test_keys):.3f}" if feature_dir.exists() else "n/a"
+        has_index = (feature_dir / "index.jsonl").exists()  # the MFCC cache has none
+        width = f"{spread(feature_dir, test_keys):.3f}" if has_index else "n/a"
         lines.append(
             f"| {name} | {100 * r['mean']['ua']:.1f} | {100 * r['mean']['wa']:.1f} | "
             f"{100 * r['mean']['wf1']:.1f} | {'n/a' if np.isnan(loss) else f'{loss:.2f}'} | "
