@@ -8,16 +8,12 @@ the second rank is forked from the first, saving a second import of Lightning.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
-from emotion_ssl.data import read_manifest, resampled_length, write_synthetic_corpus
+from two_ranks import run_script
 
-REPO = Path(__file__).resolve().parents[2]
+from emotion_ssl.data import read_manifest, resampled_length, write_synthetic_corpus
 
 SCRIPT = textwrap.dedent(
     """
@@ -83,27 +79,7 @@ def test_two_ranks_train_on_disjoint_batches(tmp_path: Path) -> None:
     manifest = write_synthetic_corpus(
         tmp_path / "corpus", num_files=24, seed=5, min_seconds=0.6, max_seconds=1.4
     )
-    script = tmp_path / "ddp_pretrain.py"
-    script.write_text(SCRIPT)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(port),
-        "PYTHONPATH": str(REPO),
-        "OMP_NUM_THREADS": "1",
-    }
-    result = subprocess.run(
-        [sys.executable, str(script), str(manifest), str(tmp_path), "fairseq2"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_script(SCRIPT, "ddp_pretrain.py", [str(manifest), str(tmp_path), "fairseq2"], tmp_path)
 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for record in ranks:

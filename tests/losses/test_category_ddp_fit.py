@@ -6,16 +6,12 @@ tests/data/test_ddp_pretrain.py, the run is a standalone script in a subprocess.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
-from emotion_ssl.data import write_synthetic_corpus
+from two_ranks import run_script
 
-REPO = Path(__file__).resolve().parents[2]
+from emotion_ssl.data import write_synthetic_corpus
 
 SCRIPT = textwrap.dedent(
     """
@@ -103,27 +99,7 @@ def test_two_uneven_ranks_agree_on_the_category_term(tmp_path: Path) -> None:
         max_seconds=1.4,
         labels=["ang", "hap", "neu", "sad"],
     )
-    script = tmp_path / "ddp_category.py"
-    script.write_text(SCRIPT)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(port),
-        "PYTHONPATH": str(REPO),
-        "OMP_NUM_THREADS": "1",
-    }
-    result = subprocess.run(
-        [sys.executable, str(script), str(unlabelled), str(labelled), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_script(SCRIPT, "ddp_category.py", [str(unlabelled), str(labelled), str(tmp_path)], tmp_path)
 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     steps = list(zip(ranks[0]["steps"], ranks[1]["steps"], strict=True))

@@ -12,21 +12,17 @@ As in tests/data/test_ddp_pretrain.py, the run is a standalone script in a subpr
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import torch
 from fairseq_files import tiny_data2vec2_file
+from two_ranks import run_script
 
 from emotion_ssl.data import write_synthetic_corpus
 from emotion_ssl.export.fairseq import AUDIO_PREFIX
 from emotion_ssl.models.teacher import ema_decay_at
 
-REPO = Path(__file__).resolve().parents[2]
 DECAY = (0.9, 0.99, 4)  # start, end, anneal steps: a different tau at every update
 
 SCRIPT = textwrap.dedent(
@@ -126,28 +122,8 @@ def test_fsdp_two_ranks_move_the_teacher_by_exact_ema_steps(tmp_path: Path) -> N
         tmp_path / "corpus", num_files=24, seed=5, min_seconds=0.6, max_seconds=1.4
     )
     d2v, file = tiny_data2vec2_file(tmp_path / "d2v.pt", teacher_shift=0.25)
-    script = tmp_path / "fsdp_pretrain.py"
-    script.write_text(SCRIPT)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(port),
-        "PYTHONPATH": str(REPO),
-        "OMP_NUM_THREADS": "1",
-    }
-    result = subprocess.run(
-        [sys.executable, str(script), str(manifest), str(d2v), str(tmp_path)]
-        + [str(v) for v in DECAY],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    args = [str(manifest), str(d2v), str(tmp_path), *(str(v) for v in DECAY)]
+    run_script(SCRIPT, "fsdp_pretrain.py", args, tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
     for record in ranks:

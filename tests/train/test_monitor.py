@@ -7,10 +7,6 @@ import csv
 import dataclasses
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +16,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
+from two_ranks import run_script
 
 from emotion_ssl.data import write_synthetic_corpus
 from emotion_ssl.data.manifest import ManifestEntry, read_manifest, write_manifest
@@ -411,27 +408,7 @@ def test_two_ddp_ranks_stay_in_step_with_the_monitor_on_rank_zero(tmp_path: Path
     labelled = write_synthetic_corpus(
         tmp_path / "monitor", num_files=8, seed=11, labels=["ang", "sad"], num_speakers=2
     )
-    script = tmp_path / "ddp_monitor.py"
-    script.write_text(DDP_SCRIPT)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(port),
-        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-        "OMP_NUM_THREADS": "1",
-    }
-    result = subprocess.run(
-        [sys.executable, str(script), str(train), str(labelled), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_script(DDP_SCRIPT, "ddp_monitor.py", [str(train), str(labelled), str(tmp_path)], tmp_path)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["step"] for r in ranks] == [3, 3]
     assert [r["rows"] for r in ranks] == [4, 0]  # updates 0-3 on rank 0 only

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,17 +20,12 @@ from pathlib import Path
 import pytest
 import torch
 from shared_corpora import subset_manifest
+from two_ranks import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).resolve().parent / "launch_probe"
 BIN = Path(sys.executable).parent
 STEPS = 4
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _pretrain_args(manifest: Path) -> list[str]:
@@ -122,7 +116,7 @@ def test_lightning_launcher_two_ranks(two_actor_manifest: Path, tmp_path: Path) 
         capture_output=True,
         text=True,
         timeout=600,
-        env=_env(tmp_path, MASTER_PORT=str(_free_port())),
+        env=_env(tmp_path, MASTER_PORT=str(free_port())),
         cwd=tmp_path,
     )
     _check_ranks(tmp_path, result)
@@ -143,7 +137,7 @@ def test_torchrun_two_ranks(two_actor_manifest: Path, tmp_path: Path) -> None:
             "--master-addr",
             "127.0.0.1",
             "--master-port",
-            str(_free_port()),
+            str(free_port()),
             "--no-python",
             str(BIN / "emotion-ssl"),
             *_pretrain_args(two_actor_manifest),
@@ -161,7 +155,7 @@ def test_torchrun_two_ranks(two_actor_manifest: Path, tmp_path: Path) -> None:
 def test_slurm_environment_two_ranks(two_actor_manifest: Path, tmp_path: Path) -> None:
     """What `srun --ntasks-per-node 2 emotion-ssl pretrain ...` does: two tasks with SLURM's
     variables, each one rank (Lightning's SLURMEnvironment), started here by the test."""
-    port = str(_free_port())
+    port = str(free_port())
     procs = []
     for rank in range(2):
         slurm = {
@@ -201,7 +195,7 @@ def test_a_rank_that_never_starts_ends_the_run(two_actor_manifest: Path, tmp_pat
         capture_output=True,
         text=True,
         timeout=240,  # a hang fails here
-        env=_env(tmp_path, MASTER_PORT=str(_free_port()), RANK_RECORD_EXIT_RANK="1"),
+        env=_env(tmp_path, MASTER_PORT=str(free_port()), RANK_RECORD_EXIT_RANK="1"),
         cwd=tmp_path,
     )
     assert result.returncode == 1
