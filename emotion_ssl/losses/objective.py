@@ -51,6 +51,26 @@ class LossOutput:
     category_skip_reason: Tensor  # 0 = computed, else contrastive.SKIP_REASONS' code
     utterance_prediction: Tensor  # (R, D)
     utterance_target: Tensor  # (R, D)
+    variance: Tensor  # the clip-variance hinge (0 when off)
+
+
+def clip_variance_hinge(frames: Tensor, padding: Tensor | None, target: float) -> Tensor:
+    """mean over d of relu(target - std_d): std over the rows of each row's mean frame.
+
+    frames: (R, K, D), padding: (R, K) True = not a frame (or None). VICReg's variance term
+    (Bardes et al., 2022) on clip embeddings: it pushes every dimension of the clip means to
+    vary across clips by at least `target`, and is 0 once they do. fp32; 0 for one row.
+    """
+    x = frames.float()
+    if padding is None:
+        means = x.mean(dim=1)
+    else:
+        valid = (~padding).unsqueeze(-1).to(x.dtype)  # (R, K, 1)
+        means = (x * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1.0)
+    if means.size(0) < 2:
+        return means.sum() * 0.0
+    std = torch.sqrt(means.var(dim=0) + 1e-4)  # eps: a finite gradient at zero variance
+    return F.relu(target - std).mean()
 
 
 class TrainingCollapsedError(RuntimeError):
@@ -108,6 +128,10 @@ class PretrainObjective(nn.Module):
         memory_size: rows (clones) of past training micro-batches kept as extra keys
             (`CategoryMemory`; 0 = none). Rows of one global micro-batch x
             (accumulate_grad_batches - 1) spans the accumulation window.
+        variance_weight, variance_target: ours, opt-in (0 = off): a VICReg-style hinge
+            mean_d relu(variance_target - std_d) on the clip means of the student's kept
+            frames across the rows of the batch (`clip_variance_hinge`), against the clip
+            embeddings collapsing onto a few directions (docs/pretraining.md, monitor).
     """
 
     def __init__(
@@ -129,8 +153,12 @@ class PretrainObjective(nn.Module):
         batch_centring: bool = True,
         clone_positives: bool = True,
         memory_size: int = 0,
+        variance_weight: float = 0.0,
+        variance_target: float = 0.5,
     ) -> None:
         super().__init__()
+        self.variance_weight = variance_weight
+        self.variance_target = variance_target
         self.utterance_weight = utterance_weight
         self.utterance_variant: UtteranceVariant = utterance_variant
         self.utterance_mode: UtteranceMode = utterance_mode
@@ -210,6 +238,10 @@ class PretrainObjective(nn.Module):
             category, num_pseudo = self.category_term(tokens, labels, C, step, teacher_tokens)
 
         total = loss_frame + self.utterance_weight * loss_utt + gamma * category.loss
+        loss_var = prediction.new_zeros((), dtype=torch.float32)
+        if self.variance_weight > 0:
+            loss_var = clip_variance_hinge(kept_frames, kept_padding, self.variance_target)
+            total = total + self.variance_weight * loss_var
         with torch.no_grad():
             target_std = feature_std(target_c, mask)
             prediction_std = feature_std(prediction, mask)
@@ -228,6 +260,7 @@ class PretrainObjective(nn.Module):
             category_skip_reason=category.skip_reason,
             utterance_prediction=utt_pred,
             utterance_target=utt_tgt,
+            variance=loss_var,
         )
 
     def _unit(self, projected: Tensor) -> Tensor:

@@ -124,6 +124,9 @@ class PretrainSystem(L.LightningModule):
             leaves them out of its keys.
         category_memory_size: rows of past micro-batches kept as extra SupCon keys (0 =
             none); see docs/pretraining.md, "The category term".
+        variance_weight, variance_target: ours, opt-in (0 = off): a VICReg-style hinge that
+            keeps the clip means of the student's frames spread across the batch
+            (`emotion_ssl.losses.objective.clip_variance_hinge`).
         ema_decay, ema_end_decay, ema_anneal_steps: teacher decay schedule (linear rise);
             ema_anneal_steps=-1 rises over the whole run (the trainer's max_steps), so a
             short run's teacher follows the same curve as a long one's.
@@ -171,6 +174,8 @@ class PretrainSystem(L.LightningModule):
         category_batch_centring: bool = True,
         category_clone_positives: bool = True,
         category_memory_size: int = 0,
+        variance_weight: float = 0.0,
+        variance_target: float = 0.5,
         ema_decay: float = 0.999,
         ema_end_decay: float = 0.99999,
         ema_anneal_steps: int = 20_000,
@@ -213,6 +218,8 @@ class PretrainSystem(L.LightningModule):
             batch_centring=category_batch_centring,
             clone_positives=category_clone_positives,
             memory_size=category_memory_size,
+            variance_weight=variance_weight,
+            variance_target=variance_target,
         )
         self.guard = CollapseGuard(collapse_after_steps, min_target_std, min_prediction_std)
         self.num_clones = num_clones
@@ -450,6 +457,7 @@ class PretrainSystem(L.LightningModule):
             "train/num_anchors": losses.num_anchors.float(),
             "train/cross_utterance_positives": losses.cross_utterance_positives.float(),
             "train/category_skipped": losses.category_skip_reason.float(),
+            "train/variance_loss": losses.variance,
             "train/ema_decay": self.teacher.decay(self.global_step),
         }
         log.update(self._global_means(log, self.GLOBAL_MEAN_KEYS))

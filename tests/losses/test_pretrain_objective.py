@@ -345,3 +345,21 @@ def test_collapse_guard_thresholds() -> None:
     with pytest.raises(TrainingCollapsedError, match=r"step 12: prediction std 0\.005"):
         guard.check(12, 1.0, 0.005)
     assert issubclass(TrainingCollapsedError, RuntimeError)
+
+
+def test_clip_variance_hinge_by_hand() -> None:
+    from emotion_ssl.losses.objective import clip_variance_hinge
+
+    # two rows, D = 2; row means [0, 0] and [2, 0.2] (row 1's second frame is padding)
+    frames = torch.tensor([[[1.0, 1.0], [-1.0, -1.0]], [[2.0, 0.2], [99.0, 99.0]]])
+    padding = torch.tensor([[False, False], [False, True]])
+    # unbiased std over 2 rows: dim 0 sqrt(2 + eps), dim 1 sqrt(0.02 + eps)
+    std0, std1 = math.sqrt(2.0 + 1e-4), math.sqrt(0.02 + 1e-4)
+    expected = (max(0.0, 0.5 - std0) + max(0.0, 0.5 - std1)) / 2
+    out = clip_variance_hinge(frames, padding, 0.5)
+    assert out.item() == pytest.approx(expected, rel=1e-6)
+    # spread enough in every dimension: 0; one row: 0 and still in the graph
+    assert clip_variance_hinge(frames * 10, padding, 0.5).item() == 0.0
+    one = frames[:1].clone().requires_grad_(True)
+    single = clip_variance_hinge(one, None, 0.5)
+    assert single.item() == 0.0 and single.requires_grad
