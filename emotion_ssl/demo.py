@@ -52,7 +52,9 @@ class DemoSettings:
     The pretraining settings override `recipes/pretrain/tiny.yaml` for a 400-update run: many
     short crops per batch (16 x 1 s, 2 clones each) so that every batch holds several labelled
     utterances of each category, a strong category term (weight 5 on 75% labelled items) and
-    lr 1e-3. The probe keeps SPEC section 7's head and schedule but uses batches of 32: the
+    lr 1e-3, and the variance hinge on clip means (`variance_weight`; without it the clip
+    embeddings collapse within 50 updates and the label-free row stays below random-init).
+    The probe keeps SPEC section 7's head and schedule but uses batches of 32: the
     demo's ~190 training clips make only two updates per epoch at 128, too few for the probe to
     converge. Measured on the built-in corpus (docs/pretraining.md, "The category term").
     """
@@ -67,6 +69,10 @@ class DemoSettings:
     category_weight: float = 5.0
     category_batch_centring: bool = True
     labelled_fraction: float = 0.75
+    # ours: the variance hinge on clip means that keeps label-free pretraining from collapsing
+    # the clip embeddings (benchmarks/RESULTS.md, "Label-free pretraining ... the monitor")
+    variance_weight: float = 5.0
+    variance_target: float = 1.0
     probe_epochs: int = 100
     probe_batch_size: int = 32
     precision: str = "auto"
@@ -176,6 +182,8 @@ def pretrain_run(
         "--checkpoint.every_n_train_steps", str(max(1, settings.steps)),
         "--model.warmup_steps", str(max(1, settings.steps // 10)),
         "--model.lr", str(settings.lr),
+        "--model.variance_weight", str(settings.variance_weight),
+        "--model.variance_target", str(settings.variance_target),
         # the monitor probes the labelled training speakers (never the held-out ones)
         "--monitor.manifest", str(data.labelled),
         "--model.num_clones", str(settings.num_clones),
