@@ -462,8 +462,8 @@ def test_every_option_has_help_and_usage_lines_can_be_pasted(
         assert bare == [], (prog, bare)
     result = cli("pretrain", "--help")
     assert result.stdout.startswith("usage: emotion-ssl pretrain ")
-    options = re.findall(r"^  (--data\.\w+)[^\n]*\n\s+(.*)$", result.stdout, re.M)
-    assert len(options) >= 15
+    options = re.findall(r"^  (--(?:data|model|monitor)\.\w+)[^\n]*\n\s+(.*)$", result.stdout, re.M)
+    assert len(options) >= 55
     bare = [name for name, text in options if text.startswith("(")]  # only "(type: ...)"
     assert bare == [], bare
 

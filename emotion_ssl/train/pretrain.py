@@ -110,30 +110,48 @@ class PretrainSystem(L.LightningModule):
         preset: encoder size, "tiny" or "base" (93.2 M parameters).
         encoder_overrides: EncoderConfig fields to change, e.g. {"dropout": 0.0}.
         num_clones: masked copies of each utterance (clone batch).
-        mask_prob, mask_length, mask_prob_adjust: span masking (exactly
-            floor(mask_prob * T) frames masked per clone).
+        mask_prob: share of each clone's frames masked (exactly floor(mask_prob * T)).
+        mask_length: frames per mask span.
+        mask_prob_adjust: extra span centres drawn before the count is made exact.
         top_k: teacher blocks averaged into the targets (the top ones).
         frame_target_norm: "instance" (reference: each channel over the clip's frames, which
             removes clip-level cues from the targets) or "layer" (each frame over channels,
             keeps them; `emotion_ssl.losses.targets.frame_targets`).
-        utterance_weight, utterance_variant, utterance_mode: the utterance-level loss.
-        category_weight, category_ramp_steps, num_classes, temperature, pseudo_labels,
-            pseudo_label_threshold, pseudo_label_warmup_steps, category_batch_centring: the
-            category-level term (`PretrainObjective`).
+        utterance_weight: alpha, weight of the utterance-level loss (reference 1.0).
+        utterance_variant: "chunk" (mean of the utterance tokens), "token" (the last one) or
+            "global" (mean of the kept frames).
+        utterance_mode: "layer_norm" (a non-degenerate target, mean over clones) or
+            "code_faithful" (the released code: a zero target summed over clones).
+        category_weight: gamma, weight of the category-level SupCon term (0 = off).
+        category_ramp_steps: gamma rises linearly from 0 over this many updates.
+        num_classes: labelled emotion classes (needed for pseudo-labels).
+        temperature: SupCon temperature.
+        pseudo_labels: confident unlabelled clips join with teacher-prototype pseudo-labels.
+        pseudo_label_threshold: cosine to the nearest prototype needed for a pseudo-label.
+        pseudo_label_warmup_steps: updates before pseudo-labels are used.
+        category_batch_centring: centre the projections over the global batch before
+            normalising (ours); False = SPEC's plain unit vectors.
         category_clone_positives: a clip's own clones count as its positives (SPEC); False
             leaves them out of its keys.
         category_memory_size: rows of past micro-batches kept as extra SupCon keys (0 =
             none); see docs/pretraining.md, "The category term".
-        variance_weight, variance_target: ours, opt-in (0 = off): a VICReg-style hinge that
-            keeps the clip means of the student's frames spread across the batch
+        variance_weight: ours, opt-in (0 = off): weight of a VICReg-style hinge that keeps
+            the clip means of the student's frames spread across the batch
             (`emotion_ssl.losses.objective.clip_variance_hinge`).
-        ema_decay, ema_end_decay, ema_anneal_steps: teacher decay schedule (linear rise);
-            ema_anneal_steps=-1 rises over the whole run (the trainer's max_steps), so a
-            short run's teacher follows the same curve as a long one's.
-        lr, betas, eps, weight_decay, warmup_steps: AdamW with linear warm-up then cosine
-            decay to 0 at the trainer's last step.
-        collapse_after_steps, min_target_std, min_prediction_std, collapse_check_every:
-            the collapse guard (checked every `collapse_check_every` updates).
+        variance_target: the std per dimension the hinge asks of the clip means.
+        ema_decay: the teacher's decay at update 0.
+        ema_end_decay: the teacher's decay after the rise.
+        ema_anneal_steps: updates of the linear rise; -1 = the whole run (the trainer's
+            max_steps), so a short run's teacher follows the same curve as a long one's.
+        lr: peak learning rate of AdamW.
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        weight_decay: AdamW weight decay (not on biases, norms, tokens, ALiBi scales).
+        warmup_steps: linear warm-up updates, then cosine decay to 0 at the last update.
+        collapse_after_steps: the collapse guard acts after this many updates.
+        min_target_std: the guard stops the run below this target std.
+        min_prediction_std: the guard stops the run below this prediction std.
+        collapse_check_every: updates between the guard's checks (each reads the device).
         max_nonfinite_in_row: consecutive non-finite losses tolerated (each skips its update).
             With a fused optimizer (GPU; CPU without bf16-mixed + clipping) the skip happens on
             the device and the counts are read every `collapse_check_every` updates, so the
