@@ -31,7 +31,6 @@ with --record, to benchmarks/RESULTS.md. Where the runs logged the representatio
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import datetime
 import hashlib
@@ -166,35 +165,15 @@ def summarise(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float
     return table
 
 
-def monitor_plot(runs_root: Path, path: Path, title: str) -> bool:
-    """Probe-UA curves of the representation monitor, one line per run; False if none."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    files = sorted(runs_root.glob("*/runs/*/version_0/monitor.csv"))
-    if not files:
-        return False
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for f in files:
-        with open(f) as handle:
-            rows = list(csv.DictReader(handle))
-        column = next((c for c in rows[0] if c.endswith("last/probe_ua")), None) if rows else None
-        if column is None:
-            continue
-        steps = [float(r["step"]) for r in rows if r.get(column)]
-        values = [100 * float(r[column]) for r in rows if r.get(column)]
-        ax.plot(steps, values, label=f"{f.parts[-4]}: {f.parts[-3]}", alpha=0.8)
-    ax.set_xlabel("optimizer update")
-    ax.set_ylabel("monitor probe UA % (last block)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+def monitor_plot(corpus_out: Path, path: Path) -> bool:
+    """The monitor's curves of every run of every seed (`demo.monitor_plot`); False if none."""
+    runs = {
+        f"{f.parts[-4]}: {f.parts[-3]}": f.parent
+        for f in sorted(corpus_out.glob("*/runs/*/version_0/monitor.csv"))
+    }
+    if runs:
+        demo.monitor_plot(runs, path)
+    return bool(runs)
 
 
 def markdown(
@@ -279,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
         ]
         table = summarise(per_seed)
         section = markdown(corpus, data.description, table, args.seeds)
-        if monitor_plot(corpus_out, out / f"monitor_{corpus}.png", f"{corpus}: monitor probe UA"):
+        if monitor_plot(corpus_out, out / f"monitor_{corpus}.png"):
             section += f"\nMonitor curves: `{out / f'monitor_{corpus}.png'}`.\n"
         sections.append(section)
         print(section, flush=True)

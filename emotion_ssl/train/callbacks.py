@@ -23,6 +23,16 @@ def run_folder(trainer: L.Trainer) -> Path:
     return Path(log_dir or trainer.default_root_dir)
 
 
+def write_csv_atomically(path: Path, rows: list[dict[str, float]], keys: list[str]) -> None:
+    """rows (columns `keys`) as CSV at path, through a temporary file: a kill leaves the last
+    complete one."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomically(path, text.getvalue())
+
+
 PLOTTED = ("train/loss", "train/frame_loss", "train/utterance_loss", "train/category_loss")
 
 
@@ -81,11 +91,7 @@ class LossCurves(L.Callback):
         out = run_folder(trainer)
         out.mkdir(parents=True, exist_ok=True)
         keys = ["step", *[k for k in PLOTTED if any(k in r for r in self.rows)]]
-        text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(self.rows)
-        write_text_atomically(out / "losses.csv", text.getvalue())  # a kill leaves the last one
+        write_csv_atomically(out / "losses.csv", self.rows, keys)
         if not plot:
             return
         # a part that was never switched on (e.g. no category term) is left out of the plot

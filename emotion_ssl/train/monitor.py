@@ -18,8 +18,6 @@ monitor".
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import os
@@ -36,8 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from emotion_ssl.data.audio import TARGET_RATE, load_audio
-from emotion_ssl.data.manifest import ManifestEntry, read_manifest, write_text_atomically
-from emotion_ssl.train.callbacks import run_folder
+from emotion_ssl.data.manifest import ManifestEntry, read_manifest
+from emotion_ssl.train.callbacks import run_folder, write_csv_atomically
 from emotion_ssl.train.metrics import classification_scores
 
 logger = logging.getLogger(__name__)
@@ -448,11 +446,7 @@ class RepresentationMonitor(L.Callback):
         out.mkdir(parents=True, exist_ok=True)
         keys = ["step", *sorted({k for r in self.rows for k in r} - {"step", "seconds"})]
         keys.append("seconds")
-        text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(self.rows)
-        write_text_atomically(out / "monitor.csv", text.getvalue())  # a kill leaves the last one
+        write_csv_atomically(out / "monitor.csv", self.rows, keys)
         if not draw:
             return
         start = time.perf_counter()
