@@ -41,7 +41,6 @@ from emotion_ssl.data import (  # noqa: E402
     load_audio,
     read_manifest,
     write_manifest,
-    write_synthetic_corpus,
 )
 from emotion_ssl.data.fairseq2_pipeline import Fairseq2AudioDecoder, load_fairseq2_data  # noqa: E402
 from emotion_ssl.data.pretrain import (  # noqa: E402
@@ -50,6 +49,7 @@ from emotion_ssl.data.pretrain import (  # noqa: E402
     LengthBucketBatchSampler,
     PretrainDataModule,
 )
+from emotion_ssl.demo.corpus import write_synthetic_corpus  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 RATE = 16_000

@@ -39,8 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.pretrain_throughput import append_results, cpu_name  # noqa: E402
-from emotion_ssl.data.emotion_corpus import CorpusSpec, write_emotion_corpus  # noqa: E402
 from emotion_ssl.data.pretrain import PretrainDataModule  # noqa: E402
+from emotion_ssl.demo.corpus import CorpusSpec, write_emotion_corpus  # noqa: E402
 from emotion_ssl.train.monitor import RepresentationMonitor  # noqa: E402
 from emotion_ssl.train.pretrain import PretrainSystem  # noqa: E402
 

@@ -150,7 +150,7 @@ def pretrain(args: list[str]) -> Any:
 
 
 def demo(args: list[str]) -> None:
-    """The whole life cycle on the built-in corpus (or RAVDESS): see emotion_ssl/demo.py."""
+    """The whole life cycle on the built-in corpus (or RAVDESS): see emotion_ssl/demo/."""
     from emotion_ssl.demo import DemoSettings, run_demo
 
     parser = _parser("demo")

@@ -1,4 +1,5 @@
-"""Shared test setup: one or two threads, and the golden/real data in ../shared when present."""
+"""Shared test setup: one or two threads, the golden/real data in ../shared when present, and a
+small generated corpus."""
 
 from __future__ import annotations
 
@@ -34,3 +35,18 @@ def ravdess_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ravdess")
     prepare(["--root", str(root), "--out", str(out)])
     return out / "manifest.jsonl"
+
+
+@pytest.fixture(scope="session")
+def synthetic_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 labelled utterances of 0.3-2.0 s (some under the 0.5 s minimum). Read-only."""
+    from emotion_ssl.demo.corpus import write_synthetic_corpus
+
+    return write_synthetic_corpus(
+        tmp_path_factory.mktemp("synthetic"),
+        num_files=24,
+        seed=3,
+        min_seconds=0.3,
+        max_seconds=2.0,
+        labels=["ang", "hap", "neu", "sad"],
+    )

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from emotion_ssl.cli import main, pretrain
-from emotion_ssl.data.synthetic import write_synthetic_corpus
+from emotion_ssl.demo.corpus import write_synthetic_corpus
 from emotion_ssl.train.callbacks import LossCurves
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ import torch
 
 from emotion_ssl.cli import main
 from emotion_ssl.data.manifest import read_manifest, write_manifest
-from emotion_ssl.data.synthetic import write_synthetic_corpus
+from emotion_ssl.demo.corpus import write_synthetic_corpus
 from emotion_ssl.export import save_encoder_dir
 from emotion_ssl.export.weights import PretrainedWeights
 from emotion_ssl.models import EmotionEncoder, EncoderConfig

@@ -6,15 +6,6 @@ from typing import TYPE_CHECKING, Any
 
 from emotion_ssl.data.audio import TARGET_RATE, AudioReadError, load_audio, resampled_length
 from emotion_ssl.data.batch import AudioBatch, AudioItem, collate_audio, crop_batch_to_shortest
-from emotion_ssl.data.emotion_corpus import (
-    EMOTIONS,
-    CorpusSpec,
-    SpeakerProfile,
-    make_speaker,
-    render_utterance,
-    synthesize_utterance,
-    write_emotion_corpus,
-)
 from emotion_ssl.data.manifest import (
     ManifestEntry,
     ManifestError,
@@ -24,7 +15,6 @@ from emotion_ssl.data.manifest import (
     write_emobox_manifest,
     write_manifest,
 )
-from emotion_ssl.data.synthetic import write_synthetic_corpus
 
 if TYPE_CHECKING:
     from emotion_ssl.data.labelled import (
@@ -60,14 +50,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "EMOTIONS",
     "TARGET_RATE",
-    "CorpusSpec",
-    "SpeakerProfile",
-    "make_speaker",
-    "render_utterance",
-    "synthesize_utterance",
-    "write_emotion_corpus",
     "AudioBatch",
     "AudioItem",
     "AudioReadError",
@@ -89,5 +72,4 @@ __all__ = [
     "select_fold",
     "write_emobox_manifest",
     "write_manifest",
-    "write_synthetic_corpus",
 ]

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emotion_ssl.data import write_synthetic_corpus
 from emotion_ssl.data.manifest import read_manifest
 from emotion_ssl.data.pretrain import LengthBucketBatchSampler, PretrainDataModule
+from emotion_ssl.demo.corpus import write_synthetic_corpus
 
 MAX_TOKENS = 600_000  # the base recipe's 37.5 s per GPU
 

@@ -19,9 +19,9 @@ from emotion_ssl.data import (
     read_manifest,
     resampled_length,
     write_manifest,
-    write_synthetic_corpus,
 )
 from emotion_ssl.data.pretrain import PretrainDataModule, ResumableLoader
+from emotion_ssl.demo.corpus import write_synthetic_corpus
 
 Record = tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...], float]
 

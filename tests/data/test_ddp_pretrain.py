@@ -13,7 +13,8 @@ from pathlib import Path
 
 from two_ranks import run_script
 
-from emotion_ssl.data import read_manifest, resampled_length, write_synthetic_corpus
+from emotion_ssl.data import read_manifest, resampled_length
+from emotion_ssl.demo.corpus import write_synthetic_corpus
 
 SCRIPT = textwrap.dedent(
     """

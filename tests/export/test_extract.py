@@ -235,7 +235,7 @@ def test_exported_folder_round_trip(corpus: tuple[Path, Path], encoder: EmotionE
 
 def test_export_writes_a_model_card_with_the_run_and_evaluation(tmp_path: Path) -> None:
     """`emotion-ssl export CKPT OUT --results results.json` on a real pretraining run."""
-    from emotion_ssl.data.synthetic import write_synthetic_corpus
+    from emotion_ssl.demo.corpus import write_synthetic_corpus
 
     manifest = write_synthetic_corpus(tmp_path / "corpus", num_files=6, seed=0)
     tiny = Path(__file__).resolve().parents[2] / "recipes" / "pretrain" / "tiny.yaml"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from two_ranks import run_script
 
-from emotion_ssl.data import write_synthetic_corpus
+from emotion_ssl.demo.corpus import write_synthetic_corpus
 
 SCRIPT = textwrap.dedent(
     """

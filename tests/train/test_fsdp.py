@@ -19,7 +19,7 @@ import torch
 from fairseq_files import tiny_data2vec2_file
 from two_ranks import run_script
 
-from emotion_ssl.data import write_synthetic_corpus
+from emotion_ssl.demo.corpus import write_synthetic_corpus
 from emotion_ssl.export.fairseq import AUDIO_PREFIX
 from emotion_ssl.models.teacher import ema_decay_at
 

@@ -18,9 +18,9 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from two_ranks import run_script
 
-from emotion_ssl.data import write_synthetic_corpus
 from emotion_ssl.data.manifest import ManifestEntry, read_manifest, write_manifest
 from emotion_ssl.data.pretrain import PretrainDataModule
+from emotion_ssl.demo.corpus import write_synthetic_corpus
 from emotion_ssl.train.monitor import (
     RepresentationMonitor,
     clip_statistics,

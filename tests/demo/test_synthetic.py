@@ -1,4 +1,5 @@
-"""write_synthetic_corpus: deterministic, speech-like enough, and a valid manifest."""
+"""write_synthetic_corpus (the flat corpus of the one generator): deterministic, speech-like
+enough, and a valid manifest."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from emotion_ssl.data import load_audio, read_manifest, write_synthetic_corpus
+from emotion_ssl.data import load_audio, read_manifest
+from emotion_ssl.demo.corpus import write_synthetic_corpus
 
 
 def test_manifest_describes_the_written_files(synthetic_manifest: Path) -> None:
@@ -53,9 +55,8 @@ def test_audio_is_speech_like(synthetic_manifest: Path) -> None:
         assert np.abs(audio).max() == pytest.approx(0.1, rel=1e-3)  # 16-bit rounding only
         frames = audio[: len(audio) // 320 * 320].reshape(-1, 320)  # (T, 320): 20 ms frames
         energy = (frames**2).mean(axis=1)
-        # syllables and pauses: loud frames and frames 20 dB quieter
-        assert (energy > 0.1 * energy.max()).mean() > 0.2
-        assert (energy < 0.01 * energy.max()).mean() > 0.05
+        # syllables and pauses: frames within 20 dB of the loudest, and frames below that
+        assert 0.4 < (energy > 0.01 * energy.max()).mean() < 0.95
         # voiced: most energy below 4 kHz, a harmonic spectrum rather than white noise
         spectrum = np.abs(np.fft.rfft(audio)) ** 2
         frequencies = np.fft.rfftfreq(len(audio), 1 / 16_000)

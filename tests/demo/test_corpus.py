@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from emotion_ssl.data import read_manifest
-from emotion_ssl.data.emotion_corpus import (
+from emotion_ssl.demo.corpus import (
     CORPUS,
     EMOTIONS,
     CorpusSpec,

@@ -1,5 +1,9 @@
 """The built-in corpus: seeded emotion-like speech from a source-filter voice (numpy, no downloads).
 
+The project's one speech generator: `write_emotion_corpus` (the demo's speaker-split corpus)
+and `write_synthetic_corpus` (a flat labelled-or-not manifest for tests) both render clips with
+`render_utterance`.
+
 Each utterance is synthesised the classic way:
 
     glottal flow pulses (Rosenberg shape; jitter, shimmer, open quotient)
@@ -13,9 +17,9 @@ in real speech (pitch level, range and final contour, speaking rate, loudness, o
 spectral tilt, jitter/shimmer, breathiness, F1, articulation, pauses, tremor), scaled per speaker
 and per utterance. Because speakers spread pitch over ~20 semitones and recording levels over
 16 dB, neither mean pitch nor mean loudness alone tells the categories apart on unseen speakers;
-spectral statistics do (`tests/data/test_emotion_corpus.py` measures it).
+spectral statistics do (`tests/demo/test_corpus.py` measures it).
 
-    from emotion_ssl.data.emotion_corpus import CorpusSpec, write_emotion_corpus
+    from emotion_ssl.demo.corpus import CorpusSpec, write_emotion_corpus
     paths = write_emotion_corpus("demo_out/corpus", CorpusSpec(seed=0))
     # {"unlabelled": .../unlabelled.jsonl, "train": .../train.jsonl, "test": .../test.jsonl}
 
@@ -30,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -741,3 +746,65 @@ def write_emotion_corpus(
         write_manifest(paths[split], sorted(entries, key=lambda e: e.key), skip_unchanged=True)
     write_text_atomically(stamp, description + "\n")
     return paths
+
+
+# ----------------------------------------------------------------------------- a flat corpus
+
+PEAK = 0.1
+"""Peak absolute amplitude of every `write_synthetic_corpus` clip."""
+
+
+def write_synthetic_corpus(
+    out_dir: str | Path,
+    num_files: int = 16,
+    seed: int = 0,
+    min_seconds: float = 1.0,
+    max_seconds: float = 4.0,
+    sample_rate: int = 16_000,
+    labels: Sequence[str] | None = None,
+    corpus: str = "synthetic",
+    num_speakers: int = 4,
+) -> Path:
+    """Write `num_files` WAV files under `out_dir/wav/` and `out_dir/manifest.jsonl` (for tests
+    and benchmarks that need a quick manifest rather than the demo's speaker splits).
+
+    Utterance i depends only on (seed, i): the same call always writes the same audio, and
+    a larger `num_files` extends a smaller corpus. Speaker `spk{i % num_speakers:02d}` says it
+    with category EMOTIONS[j % 5], where j = i % len(labels) with `labels` (utterance i gets
+    labels[j], so a probe has something to find) and j = i without; peak `PEAK`.
+
+    Returns: the manifest path (relative audio paths, readable with `read_manifest`).
+    Raises: ValueError for num_files < 1 or durations outside 0.3 <= min <= max.
+    """
+    if num_files < 1 or not 0.3 <= min_seconds <= max_seconds:
+        raise ValueError(
+            f"need num_files >= 1 and 0.3 <= min_seconds <= max_seconds, got {num_files}, "
+            f"{min_seconds}, {max_seconds}"
+        )
+    out_dir = Path(out_dir)
+    wav_dir = out_dir / "wav"
+    wav_dir.mkdir(parents=True, exist_ok=True)
+    speakers = [make_speaker(s, seed) for s in range(num_speakers)]
+    entries = []
+    for i in range(num_files):
+        rng = np.random.default_rng([seed, i])
+        seconds = rng.uniform(min_seconds, max_seconds)
+        label_index = i % len(labels) if labels else i
+        emotion = EMOTIONS[label_index % len(EMOTIONS)]
+        waveform = render_utterance(speakers[i % num_speakers], emotion, rng, sample_rate, seconds)
+        # one fixed peak: tests read levels without knowing the speaker's recording gain
+        audio = PEAK * waveform.waveform / max(float(np.abs(waveform.waveform).max()), 1e-12)
+        key = f"{corpus}_{i:05d}"
+        path = wav_dir / f"{key}.wav"
+        sf.write(str(path), audio, sample_rate, subtype="PCM_16")
+        entries.append(
+            entry_from_audio_file(
+                path,
+                key,
+                corpus=corpus,
+                speaker=f"spk{i % num_speakers:02d}",
+                label=labels[label_index] if labels else None,
+                root=out_dir,
+            )
+        )
+    return write_manifest(out_dir / "manifest.jsonl", entries)

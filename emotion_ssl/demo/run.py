@@ -19,6 +19,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ from emotion_ssl.data.manifest import ManifestEntry, read_manifest, write_manife
 
 FULL = "pretrained (full objective)"
 NO_CATEGORY = "pretrained, no category term"
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "pretrain" / "tiny.yaml"
+RECIPE = resources.files("emotion_ssl") / "recipes" / "pretrain" / "tiny.yaml"
+"""The recipe the demo's runs start from, shipped inside the package (an installed wheel has it)."""
 DEMO_OUTPUTS = (
     "corpus",
     "runs",
@@ -49,7 +51,7 @@ DEMO_OUTPUTS = (
 class DemoSettings:
     """How big the demo is; `quick()` is the seconds-long version the tests run.
 
-    The pretraining settings override `recipes/pretrain/tiny.yaml` for a 400-update run: many
+    The pretraining settings override `emotion_ssl/recipes/pretrain/tiny.yaml` for a 400-update run: many
     short crops per batch (16 x 1 s, 2 clones each) so that every batch holds several labelled
     utterances of each category, a strong category term (weight 5 on 75% labelled items) and
     lr 1e-3, and the variance hinge on clip means (`variance_weight`; without it the clip
@@ -98,7 +100,7 @@ def _say(message: str) -> None:
 
 
 def synthetic_data(out: Path, settings: DemoSettings) -> DemoData:
-    from emotion_ssl.data.emotion_corpus import EMOTIONS, CorpusSpec, write_emotion_corpus
+    from emotion_ssl.demo.corpus import EMOTIONS, CorpusSpec, write_emotion_corpus
 
     train_speakers = max(2, settings.speakers // 3)
     test_speakers = max(2, settings.speakers * 2 // 9)
@@ -172,7 +174,6 @@ def pretrain_run(
 
     crop = int(settings.crop_seconds * 16000)
     args = [
-        "-c", str(RECIPE),
         "--data.train_manifest", str(data.unlabelled),
         "--trainer.max_steps", str(settings.steps),
         "--trainer.precision", _precision(settings.precision),
@@ -204,7 +205,8 @@ def pretrain_run(
     run_dir = out / "runs" / name / "version_0"
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a rerun starts clean
-    pretrain(args)
+    with resources.as_file(RECIPE) as recipe:  # a real file for the parser, even from a zip
+        pretrain(["-c", str(recipe), *args])
     return run_dir / "checkpoints" / "last.ckpt"
 
 
