@@ -37,11 +37,11 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.pretrain_throughput import append_results, cpu_name  # noqa: E402
 from emotion_ssl import EmotionEncoder, EncoderConfig, demo  # noqa: E402
-from emotion_ssl.cli import export as export_command  # noqa: E402
 from emotion_ssl.data.audio import load_audio  # noqa: E402
+from emotion_ssl.export.convert import export_encoder  # noqa: E402
 from emotion_ssl.export.extract import read_features  # noqa: E402
 from emotion_ssl.export.frozen import load_encoder  # noqa: E402
-from emotion_ssl.train.evaluate import slug  # noqa: E402
+from emotion_ssl.utils.results import slug  # noqa: E402
 
 RUNS = {
     "category term, batch-centred (default)": ("centred", True, True),
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         run_settings = dataclasses.replace(settings, category_batch_centring=centring)
         ckpt = demo.pretrain_run(short, data, out, run_settings, category)
         target = out / "encoders" / short
-        export_command([str(ckpt), str(target)])
+        export_encoder(ckpt, target)
         encoders[name] = str(target)
         losses[name] = last_category_loss(ckpt.parent.parent) if category else float("nan")
     results = demo.probe(data, out / "evaluation", settings, encoders, progress=False)

@@ -168,9 +168,9 @@ def pretrain_run(
     category: bool,
     extra: Sequence[str] = (),
 ) -> Path:
-    """One tiny pretraining through the real CLI (`extra`: more of its options, last so they
-    win); returns its last checkpoint."""
-    from emotion_ssl.cli import pretrain
+    """One tiny pretraining, run as `emotion-ssl pretrain` runs it (`extra`: more of its
+    options, last so they win); returns its last checkpoint."""
+    from emotion_ssl.train.run import pretrain
 
     crop = int(settings.crop_seconds * 16000)
     args = [
@@ -181,13 +181,13 @@ def pretrain_run(
         "--trainer.logger.init_args.name", name,
         "--trainer.logger.init_args.version", "0",
         "--checkpoint.every_n_train_steps", str(max(1, settings.steps)),
-        "--model.warmup_steps", str(max(1, settings.steps // 10)),
-        "--model.lr", str(settings.lr),
-        "--model.variance_weight", str(settings.variance_weight),
-        "--model.variance_target", str(settings.variance_target),
+        "--model.optim.warmup_steps", str(max(1, settings.steps // 10)),
+        "--model.optim.lr", str(settings.lr),
+        "--model.objective.variance_weight", str(settings.variance_weight),
+        "--model.objective.variance_target", str(settings.variance_target),
         # the monitor probes the labelled training speakers (never the held-out ones)
         "--monitor.manifest", str(data.labelled),
-        "--model.num_clones", str(settings.num_clones),
+        "--model.masking.num_clones", str(settings.num_clones),
         "--data.max_sample_size", str(crop),
         "--data.max_tokens", str(crop * settings.clips_per_batch),
     ]  # fmt: skip
@@ -196,10 +196,10 @@ def pretrain_run(
             "--data.labelled_manifest", str(data.labelled),
             "--data.labelled_fraction", str(settings.labelled_fraction),
             "--data.label_names", json.dumps(data.labels),
-            "--model.category_weight", str(settings.category_weight),
-            "--model.num_classes", str(len(data.labels)),
-            "--model.category_ramp_steps", str(max(1, settings.steps // 5)),
-            "--model.category_batch_centring", str(settings.category_batch_centring).lower(),
+            "--model.objective.category_weight", str(settings.category_weight),
+            "--model.objective.num_classes", str(len(data.labels)),
+            "--model.objective.category_ramp_steps", str(max(1, settings.steps // 5)),
+            "--model.objective.category_batch_centring", str(settings.category_batch_centring).lower(),
         ]  # fmt: skip
     args += list(extra)
     run_dir = out / "runs" / name / "version_0"
@@ -359,10 +359,10 @@ def run_demo(
     """The whole demo; returns what report.md shows. `out_dir` must be new, empty or an
     earlier demo's folder (whose files it replaces); `overwrite` lets it write into a folder
     that holds other files (which it leaves alone)."""
-    from emotion_ssl.cli import export as export_command
-    from emotion_ssl.cli import extract as extract_command
-    from emotion_ssl.train.evaluate import slug
+    from emotion_ssl.export.convert import export_encoder
+    from emotion_ssl.export.extract import extract_to_folder
     from emotion_ssl.utils.outputs import claim_output_dir
+    from emotion_ssl.utils.results import slug
 
     settings = settings or DemoSettings()
     out = Path(out_dir)
@@ -405,7 +405,7 @@ def run_demo(
     encoders = {}
     for name, ckpt in runs.items():
         target = out / "encoders" / ("full" if name == "full objective" else "no_category")
-        export_command([str(ckpt), str(target), "--overwrite"])  # a rerun replaces its own
+        export_encoder(ckpt, target, overwrite=True)  # a rerun replaces its own
         encoders[name] = target
     named = {FULL: str(encoders["full objective"]), NO_CATEGORY: str(encoders["no category term"])}
     results = probe(data, out / "evaluation", settings, named)  # a progress bar per encoder
@@ -415,17 +415,12 @@ def run_demo(
     t = time.perf_counter()
     few = read_manifest(data.evaluation)[:5]
     few_path = write_manifest(out / "features" / "few.jsonl", few)
-    extract_command(
-        [
-            "--encoder",
-            str(encoders["full objective"]),
-            "--manifest",
-            str(few_path),
-            "--out",
-            str(out / "features"),
-            "--no-progress",
-            "--overwrite",  # beside few.jsonl; a rerun replaces its own features
-        ]
+    extract_to_folder(
+        encoders["full objective"],
+        few_path,
+        out / "features",
+        overwrite=True,  # beside few.jsonl; a rerun replaces its own features
+        progress=False,
     )
     timings["extraction"] = time.perf_counter() - t
 

@@ -530,3 +530,81 @@ def read_features(out_dir: str | Path, kind: str = "frames") -> dict[str, np.nda
         else:
             result[row["key"]] = np.load(out / row["files"][kind])
     return result
+
+
+# ---------------------------------------------------------------------------- a folder job
+FOLDER_CONFIG = ExtractConfig(backend="auto")
+"""`extract_to_folder`'s (and `emotion-ssl extract`'s) settings when not told: the dataclass
+defaults, except backend "auto": a manifest job knows its total audio, so it can weigh the
+one-time ONNX export against it (`FeatureExtractor` alone defaults to torch)."""
+
+
+@dataclass
+class Extraction:
+    """What `extract_to_folder` did."""
+
+    out_dir: Path
+    counts: dict[str, int]
+    """extracted, already_done (an earlier run's, resumed), failed (see failed.jsonl)."""
+    replaced: bool
+    """An earlier extraction in the folder was replaced (`overwrite`)."""
+    backend_note: str
+    """Which backend ran, and why."""
+
+    @property
+    def summary(self) -> str:
+        lines = []
+        if self.replaced:
+            lines.append(f"replaced the earlier extraction in {self.out_dir} (--overwrite)")
+        lines.append(
+            f"extracted {self.counts['extracted']}, already done {self.counts['already_done']}, "
+            f"failed {self.counts['failed']} -> {self.out_dir / 'index.jsonl'}"
+        )
+        if self.backend_note:
+            lines.append(f"backend: {self.backend_note}")
+        return "\n".join(lines)
+
+
+def default_device() -> str:
+    """The device extraction runs on when not told: cuda when a GPU is visible, else cpu."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def extract_to_folder(
+    encoder: str | Path,
+    manifest: str | Path,
+    out_dir: str | Path,
+    config: ExtractConfig = FOLDER_CONFIG,
+    format: Literal["npy", "shards"] = "npy",
+    shard_size: int = 1000,
+    device: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Extraction:
+    """Features of every clip of `manifest` into `out_dir` (`emotion-ssl extract`).
+
+    encoder: an encoder folder, fairseq .pt or `pretrain` .ckpt; format: "npy" (one file per
+    clip and output) or "shards" (safetensors files of `shard_size` clips), with index.jsonl;
+    device: None = `default_device()`. The folder must be new, empty, or an earlier extraction
+    with the same encoder (by content), manifest and settings, which resumes; anything else
+    needs `overwrite`. Read the result with `read_features(out_dir, "utterance")`.
+    """
+    from emotion_ssl.data.manifest import read_manifest
+    from emotion_ssl.export.frozen import load_encoder
+
+    out = Path(out_dir)
+    entries = read_manifest(manifest)
+    model = load_encoder(encoder)
+    claimed = claim_extraction_dir(
+        out,
+        encoder_identity(model),
+        str(Path(manifest).absolute()),
+        config,
+        format,
+        overwrite=overwrite,
+        info={"encoder_path": str(Path(encoder).absolute())},
+    )
+    extractor = FeatureExtractor(model, config, device or default_device())
+    writer = FeatureWriter(out, format, shard_size)
+    counts = extract_manifest(extractor, entries, writer, progress=progress)
+    return Extraction(out, counts, claimed.status == "replaced", extractor.backend_note)

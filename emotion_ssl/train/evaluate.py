@@ -35,6 +35,7 @@ from emotion_ssl.models.encoder import EmotionEncoder
 from emotion_ssl.train.metrics import plot_confusion, scores_from_confusion
 from emotion_ssl.train.probe import ProbeConfig, evaluate_fold, mfcc_statistics
 from emotion_ssl.utils.outputs import claim_output_dir, file_identity
+from emotion_ssl.utils.results import results_markdown, slug
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ def evaluate(
     out_dir: str | Path,
     folds: str | Sequence[str] = "all",
     fold_field: str = "fold",
-    baselines: Sequence[str] = BASELINES,
+    baselines: Sequence[str] | None = None,
     probe: ProbeConfig | None = None,
     layer: int = -1,
     labels: Sequence[str] | None = None,
@@ -166,13 +167,17 @@ def evaluate(
 ) -> dict:
     """Run the probe for the encoder (if given, reported as `encoder_name`), any
     `extra_encoders` (name -> path) and each baseline; write results.json, results.md and one
-    confusion matrix PNG per feature set. Returns the results dict.
+    confusion matrix PNG per feature set. Returns the results dict (`summary(results)`: one
+    line per feature set). `baselines`: any of BASELINES; None = both with an encoder, MFCC
+    statistics alone without.
 
     `out_dir` is claimed as in `emotion_ssl.utils.outputs`: new, empty, or an earlier
     evaluation with the same settings (its feature caches are checked by content); anything
     else needs `overwrite`."""
     probe = probe or ProbeConfig()
     out = Path(out_dir)
+    if baselines is None:  # random-init copies the encoder's architecture: only with one
+        baselines = list(BASELINES) if encoder_path is not None else ["mfcc"]
     if encoder_path is None and "random" in baselines:
         raise ValueError(
             "the random-init baseline copies the encoder's architecture: give --encoder, or "
@@ -327,49 +332,18 @@ def evaluate(
     return results
 
 
-def slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
-
-
 def _fold_order(value: str) -> tuple[int, str]:
     return (int(value), "") if value.lstrip("-").isdigit() else (1 << 30, value)
 
 
-def results_markdown(results: dict) -> str:
-    """The tables a person reads: mean ± std per feature set, then every fold."""
-    lines = [
-        f"# Linear-probe evaluation: {results['corpus']}",
-        "",
-        f"- manifest: `{results['manifest']}`; encoder: `{results['encoder']}`",
-        f"- folds: {results['fold_field']} = {', '.join(results['folds'])} (each held out once)",
-        f"- classes: {', '.join(results['labels'])}",
-        f"- probe: {results['probe']}",
-        *[f"- **warning**: {w}" for w in results.get("warnings", [])],
-        "",
-        "| features | WA | UA | WF1 |",
-        "|---|---|---|---|",
-    ]
+def summary(results: dict) -> str:
+    """One line per feature set: WA, UA and WF1 as mean ± std over the folds, in %."""
+    lines = []
     for name, r in results["feature_sets"].items():
-        cells = [f"{100 * r['mean'][m]:.2f} ± {100 * r['std'][m]:.2f}" for m in ("wa", "ua", "wf1")]
-        lines.append(f"| {name} | {' | '.join(cells)} |")
-    lines += [
-        "",
-        "Per fold (WA / UA / WF1, %):",
-        "",
-        "| fold | n | " + " | ".join(results["feature_sets"]) + " |",
-    ]
-    lines.append("|---|---|" + "---|" * len(results["feature_sets"]))
-    for fold in results["folds"]:
-        sets = list(results["feature_sets"].values())
-        n = sets[0]["folds"][fold]["n_test"]
-        cells = [
-            " / ".join(f"{100 * r['folds'][fold][m]:.1f}" for m in ("wa", "ua", "wf1"))
-            for r in sets
-        ]
-        lines.append(f"| {fold} | {n} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        *[f"![{name}](confusion_{slug(name)}.png)" for name in results["feature_sets"]],
-        "",
-    ]
+        mean, std = r["mean"], r["std"]
+        lines.append(
+            f"{name:<12} WA {100 * mean['wa']:.2f} ± {100 * std['wa']:.2f}  "
+            f"UA {100 * mean['ua']:.2f} ± {100 * std['ua']:.2f}  "
+            f"WF1 {100 * mean['wf1']:.2f} ± {100 * std['wf1']:.2f}"
+        )
     return "\n".join(lines)
