@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     header = (
         f"Device: {cpu_name()}; torch threads {args.threads}; tiny recipe "
         f"(`recipes/pretrain/tiny.yaml`: precision {recipe['trainer'].get('precision')}, batches "
-        f"of {recipe['data']['max_tokens'] / 16000:g} s, {recipe['model']['num_clones']} clones); "
+        f"of {recipe['data']['max_tokens'] / 16000:g} s, {recipe['model']['masking']['num_clones']} clones); "
         f"{args.steps} updates per setting, the monitor timed every {args.measure_every}; "
         f"monitor clips: the built-in corpus's held-out speakers ({spec.min_seconds:g}-"
         f"{spec.max_seconds:g} s clips); load average {_load()}; "

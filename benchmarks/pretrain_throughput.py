@@ -65,6 +65,10 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
 
     import emotion_ssl
     from emotion_ssl.data.batch import AudioBatch
+    from emotion_ssl.losses import ObjectiveSettings
+    from emotion_ssl.models.config import SAMPLE_RATE, EncoderSettings
+    from emotion_ssl.models.masking import MaskingSettings
+    from emotion_ssl.train.optim import OptimSettings
     from emotion_ssl.train.pretrain import PretrainSystem
 
     torch.set_num_threads(args.threads)
@@ -76,8 +80,8 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         if cuda:
             torch.cuda.synchronize()
 
-    samples = int(args.clip_seconds * 16_000)
-    min_samples = int((args.min_seconds or args.clip_seconds) * 16_000)
+    samples = int(args.clip_seconds * SAMPLE_RATE)
+    min_samples = int((args.min_seconds or args.clip_seconds) * SAMPLE_RATE)
 
     class SyntheticBatches(Dataset):
         """Pre-collated batches of noise; lengths spread over [min, max] when asked."""
@@ -111,11 +115,10 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         extra["activation_checkpointing"] = True
     depth = int(overrides.get("depth", 2 if preset == "tiny" else 8))
     system = PretrainSystem(
-        preset=preset,  # type: ignore[arg-type]
-        encoder_overrides=overrides,
-        num_clones=args.clones,
-        top_k=min(8, depth),
-        warmup_steps=1,
+        encoder=EncoderSettings(preset=preset, overrides=overrides),
+        masking=MaskingSettings(num_clones=args.clones),
+        objective=ObjectiveSettings(top_k=min(8, depth)),
+        optim=OptimSettings(warmup_steps=1),
         **extra,
     )
 
@@ -280,11 +283,10 @@ def measure(args: argparse.Namespace, config: str, pythonpath: Path) -> dict[str
 
 def derived(args: argparse.Namespace, config: str, raw: dict[str, Any]) -> dict[str, Any]:
     from emotion_ssl.models.config import EncoderConfig
-    from emotion_ssl.train.pretrain import build_encoder_config
     from emotion_ssl.utils.flops import peak_flops, pretrain_flops
 
     preset, overrides = CONFIGS[config]
-    encoder_config: EncoderConfig = build_encoder_config(preset, overrides)  # type: ignore[arg-type]
+    encoder_config = EncoderConfig.from_preset(preset, **overrides)
     audio_per_s = raw["audio_seconds_per_step"] / raw["step_seconds"]
     clip = raw["audio_seconds_per_step"] / args.batch_size
     flops = pretrain_flops(encoder_config, clip, args.clones).total

@@ -2,17 +2,17 @@
 
     .venv/bin/python benchmarks/quality.py --ravdess ../shared/data/ravdess      # both corpora
     .venv/bin/python benchmarks/quality.py --corpora synthetic --seeds 1 2 3 --record
-    .venv/bin/python benchmarks/quality.py --set model.frame_target_norm=layer   # a variant
+    .venv/bin/python benchmarks/quality.py --set model.objective.frame_target_norm=layer   # a variant
     .venv/bin/python benchmarks/quality.py --quick                               # smoke run
 
 For each corpus and pretraining seed it pretrains the demo's tiny encoder
 (`emotion_ssl.demo.DemoSettings`: 16 x 1 s crops, 2 clones, lr 1e-3) once per row:
 
-- frame loss only (`--model.utterance_weight 0`);
-- frame + utterance, code-faithful (`--model.utterance_mode code_faithful`, the released code);
+- frame loss only (`--model.objective.utterance_weight 0`);
+- frame + utterance, code-faithful (`--model.objective.utterance_mode code_faithful`, the released code);
 - frame + utterance, default (`layer_norm` utterance target);
-- frame + utterance + the variance hinge on clip means (ours: `--model.variance_weight 5
-  --model.variance_target 1`, the demo's setting);
+- frame + utterance + the variance hinge on clip means (ours: `--model.objective.variance_weight 5
+  --model.objective.variance_target 1`, the demo's setting);
 - full objective (the category term on the labelled training speakers);
 
 then runs the demo's linear probe (SPEC section 7 head) on the held-out speakers for the four
@@ -53,12 +53,15 @@ from emotion_ssl.export.convert import export_encoder  # noqa: E402
 
 # row name -> (category term on, extra pretraining options)
 ROWS: dict[str, tuple[bool, list[str]]] = {
-    "frame only": (False, ["--model.utterance_weight", "0"]),
-    "frame + utterance (code-faithful)": (False, ["--model.utterance_mode", "code_faithful"]),
+    "frame only": (False, ["--model.objective.utterance_weight", "0"]),
+    "frame + utterance (code-faithful)": (
+        False,
+        ["--model.objective.utterance_mode", "code_faithful"],
+    ),
     "frame + utterance (default)": (False, []),
     "frame + utterance + variance term (ours)": (
         False,
-        ["--model.variance_weight", "5.0", "--model.variance_target", "1.0"],
+        ["--model.objective.variance_weight", "5.0", "--model.objective.variance_target", "1.0"],
     ),
     "full objective": (True, []),
 }

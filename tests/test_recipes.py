@@ -50,9 +50,9 @@ def test_category_term_options_of_the_docs_parse(capsys: pytest.CaptureFixture[s
     args = [
         "-c", "recipes/pretrain/tiny.yaml", "--data.train_manifest", "train.jsonl",
         "--data.labelled_manifest", "labelled.jsonl", "--data.labelled_fraction", "0.5",
-        "--data.label_names", '["neu", "ang"]', "--model.num_classes", "2",
-        "--model.category_weight", "5", "--model.category_ramp_steps", "80",
-        "--model.category_batch_centring", "false", "--print_config",
+        "--data.label_names", '["neu", "ang"]', "--model.objective.num_classes", "2",
+        "--model.objective.category_weight", "5", "--model.objective.category_ramp_steps", "80",
+        "--model.objective.category_batch_centring", "false", "--print_config",
     ]  # fmt: skip
     docs = (RECIPES[0].parents[2] / "docs" / "pretraining.md").read_text()
     for option in args[4::2][:-1]:
@@ -61,6 +61,6 @@ def test_category_term_options_of_the_docs_parse(capsys: pytest.CaptureFixture[s
         pretrain([a.replace("recipes/", str(RECIPES[0].parents[1]) + "/") for a in args])
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["category_batch_centring"] is False
-    assert printed["model"]["category_weight"] == 5.0
+    assert printed["model"]["objective"]["category_batch_centring"] is False
+    assert printed["model"]["objective"]["category_weight"] == 5.0
     assert printed["data"]["labelled_fraction"] == 0.5

@@ -14,8 +14,10 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-TARGET_RATE = 16_000
-"""Sample rate every model in this project consumes."""
+from emotion_ssl.models.config import SAMPLE_RATE
+
+TARGET_RATE = SAMPLE_RATE
+"""Sample rate every model in this project consumes (`models.config.SAMPLE_RATE`)."""
 
 
 class AudioReadError(RuntimeError):

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +49,7 @@ from typing import Any
 import soundfile as sf
 
 from emotion_ssl.data.audio import AudioReadError
-from emotion_ssl.utils.outputs import make_readable
+from emotion_ssl.utils.outputs import atomic_write
 
 SCHEMA_FIELDS = (
     "key",
@@ -238,18 +237,8 @@ def write_text_atomically(path: str | Path, text: str, skip_unchanged: bool = Fa
     data = text.encode("utf-8")
     if skip_unchanged and path.is_file() and path.read_bytes() == data:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        make_readable(tmp_name)  # mkstemp's file is private; the result follows the umask
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
     return True
 
 

@@ -181,13 +181,13 @@ def pretrain_run(
         "--trainer.logger.init_args.name", name,
         "--trainer.logger.init_args.version", "0",
         "--checkpoint.every_n_train_steps", str(max(1, settings.steps)),
-        "--model.warmup_steps", str(max(1, settings.steps // 10)),
-        "--model.lr", str(settings.lr),
-        "--model.variance_weight", str(settings.variance_weight),
-        "--model.variance_target", str(settings.variance_target),
+        "--model.optim.warmup_steps", str(max(1, settings.steps // 10)),
+        "--model.optim.lr", str(settings.lr),
+        "--model.objective.variance_weight", str(settings.variance_weight),
+        "--model.objective.variance_target", str(settings.variance_target),
         # the monitor probes the labelled training speakers (never the held-out ones)
         "--monitor.manifest", str(data.labelled),
-        "--model.num_clones", str(settings.num_clones),
+        "--model.masking.num_clones", str(settings.num_clones),
         "--data.max_sample_size", str(crop),
         "--data.max_tokens", str(crop * settings.clips_per_batch),
     ]  # fmt: skip
@@ -196,10 +196,10 @@ def pretrain_run(
             "--data.labelled_manifest", str(data.labelled),
             "--data.labelled_fraction", str(settings.labelled_fraction),
             "--data.label_names", json.dumps(data.labels),
-            "--model.category_weight", str(settings.category_weight),
-            "--model.num_classes", str(len(data.labels)),
-            "--model.category_ramp_steps", str(max(1, settings.steps // 5)),
-            "--model.category_batch_centring", str(settings.category_batch_centring).lower(),
+            "--model.objective.category_weight", str(settings.category_weight),
+            "--model.objective.num_classes", str(len(data.labels)),
+            "--model.objective.category_ramp_steps", str(max(1, settings.steps // 5)),
+            "--model.objective.category_batch_centring", str(settings.category_batch_centring).lower(),
         ]  # fmt: skip
     args += list(extra)
     run_dir = out / "runs" / name / "version_0"

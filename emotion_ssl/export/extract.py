@@ -35,6 +35,7 @@ from torch import Tensor
 
 from emotion_ssl.data.audio import AudioReadError, load_audio, resampled_length
 from emotion_ssl.data.manifest import ManifestEntry
+from emotion_ssl.models.config import SAMPLE_RATE
 from emotion_ssl.models.encoder import EmotionEncoder, masked_mean
 from emotion_ssl.utils.outputs import OutputDir, claim_output_dir, tensors_identity
 
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000
 Output = Literal["frames", "utterance", "tokens"]
 
 

@@ -1,24 +1,9 @@
 """Key and config mapping between fairseq data2vec 2.0 / emotion2vec checkpoints and ours.
 
 fairseq layout (SPEC section 8): `ckpt["model"]` is the state dict, `ckpt["cfg"]["model"]`
-the model config. Prefix A = `modality_encoders.AUDIO.`:
-
-| fairseq key | emotion-ssl key (EmotionEncoder / ConvDecoder) |
-|---|---|
-| A.local_encoder.conv_layers.{i}.0.weight | feature_extractor.layers.{i}.conv.weight |
-| A.local_encoder.conv_layers.{i}.2.1.{weight,bias} | feature_extractor.layers.{i}.norm.* |
-| A.project_features.1.* | feature_norm.* |
-| A.project_features.2.* | feature_proj.* |
-| A.relative_positional_encoder.{i}.0.* (i = 1..5) | context.pos_conv.layers.{i-1}.* |
-| A.extra_tokens | context.utterance_tokens |
-| A.alibi_scale | context.alibi_scale |
-| A.context_encoder.norm.* | context.prenet_norm.* |
-| A.context_encoder.blocks.{i}.* | context.prenet.{i}.* |
-| blocks.{i}.* | context.blocks.{i}.* |
-| A.decoder.blocks.{i}.0.* | (decoder) convs.{i}.* |
-| A.decoder.proj.* | (decoder) proj.* |
-| _ema (teacher, fp32) | (teacher) the ContextEncoder keys above without `context.` |
-| proj.* (emotion2vec+ classifier) | (head, mean pooling) proj.weight, proj.bias |
+the model config. `KEY_TABLE` below is the key mapping, both ways (fairseq -> ours on import,
+ours -> fairseq on export); the teacher (`_ema`, fp32) holds the ContextEncoder rows without
+`context.`, and an emotion2vec+ classifier's `proj.*` is a mean-pooled head.
 
 data2vec 2.0 base has the same keys with `prenet_depth: 0, depth: 12`: no
 `context_encoder.blocks` (its `context_encoder.norm` exists all the same: fairseq builds the
@@ -31,57 +16,95 @@ from __future__ import annotations
 import ast
 import pickle
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from emotion_ssl.export.weights import PretrainedWeights
-from emotion_ssl.models.config import EncoderConfig
+from emotion_ssl.losses import CollapseGuard, ObjectiveSettings
+from emotion_ssl.models.config import SAMPLE_RATE, EncoderConfig
+from emotion_ssl.models.masking import MaskingSettings
+from emotion_ssl.models.teacher import TeacherSettings
+from emotion_ssl.utils.outputs import atomic_torch_save
 
 AUDIO_PREFIX = "modality_encoders.AUDIO."
 
-_ENCODER_RULES: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [
-    (r"local_encoder\.conv_layers\.(\d+)\.0\.weight", r"feature_extractor.layers.\1.conv.weight"),
-    (
-        r"local_encoder\.conv_layers\.(\d+)\.2\.1\.(weight|bias)",
-        r"feature_extractor.layers.\1.norm.\2",
-    ),
-    (r"project_features\.1\.(weight|bias)", r"feature_norm.\1"),
-    (r"project_features\.2\.(weight|bias)", r"feature_proj.\1"),
-    (
-        r"relative_positional_encoder\.(\d+)\.0\.(weight|bias)",
-        lambda m: f"context.pos_conv.layers.{int(m[1]) - 1}.{m[2]}",
-    ),
-    (r"extra_tokens", "context.utterance_tokens"),
-    (r"alibi_scale", "context.alibi_scale"),
-    (r"context_encoder\.norm\.(weight|bias)", r"context.prenet_norm.\1"),
-    (r"context_encoder\.blocks\.(\d+)\.(.+)", r"context.prenet.\1.\2"),
-]
-_SHARED_RULE = (r"blocks\.(\d+)\.(.+)", r"context.blocks.\1.\2")
-_DECODER_RULES: list[tuple[str, str]] = [
-    (r"decoder\.blocks\.(\d+)\.0\.(weight|bias)", r"convs.\1.\2"),
-    (r"decoder\.proj\.(weight|bias)", r"proj.\1"),
-]
+Part = Literal["encoder", "decoder"]
+
+KEY_TABLE: list[tuple[str, str, Part]] = [
+    # (fairseq key, emotion-ssl key, part): A = the audio prefix; {i} a layer number, {p}
+    # weight or bias, {rest} the rest of a block's key. Our decoder keys are ConvDecoder's.
+    ("A.local_encoder.conv_layers.{i}.0.weight", "feature_extractor.layers.{i}.conv.weight", "encoder"),
+    ("A.local_encoder.conv_layers.{i}.2.1.{p}", "feature_extractor.layers.{i}.norm.{p}", "encoder"),
+    ("A.project_features.1.{p}", "feature_norm.{p}", "encoder"),
+    ("A.project_features.2.{p}", "feature_proj.{p}", "encoder"),
+    # fairseq's Sequential starts with a transpose, so its conv layers count from 1
+    ("A.relative_positional_encoder.{i+1}.0.{p}", "context.pos_conv.layers.{i}.{p}", "encoder"),
+    ("A.extra_tokens", "context.utterance_tokens", "encoder"),
+    ("A.alibi_scale", "context.alibi_scale", "encoder"),
+    ("A.context_encoder.norm.{p}", "context.prenet_norm.{p}", "encoder"),
+    ("A.context_encoder.blocks.{i}.{rest}", "context.prenet.{i}.{rest}", "encoder"),
+    ("blocks.{i}.{rest}", "context.blocks.{i}.{rest}", "encoder"),
+    ("A.decoder.blocks.{i}.0.{p}", "convs.{i}.{p}", "decoder"),
+    ("A.decoder.proj.{p}", "proj.{p}", "decoder"),
+]  # fmt: skip
+
+_FIELDS = {"{i}": r"(?P<i>\d+)", "{i+1}": r"(?P<j>\d+)", "{p}": r"(?P<p>weight|bias)", "{rest}": r"(?P<rest>.+)"}  # fmt: skip
 
 
-def map_fairseq_key(key: str) -> tuple[str, str] | None:
-    """fairseq key -> ("encoder" | "decoder", our key), or None for a key we do not map."""
-    if key.startswith(AUDIO_PREFIX):
-        local = key[len(AUDIO_PREFIX) :]
-        for pattern, repl in _ENCODER_RULES:
-            if re.fullmatch(pattern, local):
-                return "encoder", re.sub(pattern, repl, local)
-        for pattern, drepl in _DECODER_RULES:
-            if re.fullmatch(pattern, local):
-                return "decoder", re.sub(pattern, drepl, local)
-        return None
-    pattern, srepl = _SHARED_RULE
-    if re.fullmatch(pattern, key):
-        return "encoder", re.sub(pattern, srepl, key)
+def _expand(template: str) -> str:
+    return AUDIO_PREFIX + template[2:] if template.startswith("A.") else template
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    """A KEY_TABLE template as a regular expression with its fields as named groups."""
+    regex = re.escape(_expand(template))
+    for name, group in _FIELDS.items():
+        regex = regex.replace(re.escape(name), group)
+    return re.compile(regex)
+
+
+def _fill(template: str, i: int | None, fields: dict[str, str]) -> str:
+    out = _expand(template)
+    if i is not None:
+        out = out.replace("{i+1}", str(i + 1)).replace("{i}", str(i))
+    for name in ("p", "rest"):
+        if name in fields:
+            out = out.replace("{" + name + "}", fields[name])
+    return out
+
+
+_TABLE = [(_pattern(fs), _pattern(ours), fs, ours, part) for fs, ours, part in KEY_TABLE]
+
+
+def _translate(key: str, to_fairseq: bool, part: Part | None = None) -> tuple[Part, str] | None:
+    """One key through KEY_TABLE, either way; None when no row matches."""
+    for fs_re, ours_re, fs, ours, row_part in _TABLE:
+        if part is not None and row_part != part:
+            continue
+        match = (ours_re if to_fairseq else fs_re).fullmatch(key)
+        if match is None:
+            continue
+        groups = {k: v for k, v in match.groupdict().items() if v is not None}
+        i = int(groups["i"]) if "i" in groups else int(groups["j"]) - 1 if "j" in groups else None
+        return row_part, _fill(fs if to_fairseq else ours, i, groups)
     return None
+
+
+def map_fairseq_key(key: str) -> tuple[Part, str] | None:
+    """fairseq key -> ("encoder" | "decoder", our key), or None for a key we do not map."""
+    return _translate(key, to_fairseq=False)
+
+
+def fairseq_key(key: str, part: Part) -> str:
+    """Our `part` key -> its fairseq key (KEY_TABLE read the other way)."""
+    found = _translate(key, to_fairseq=True, part=part)
+    if found is None:
+        raise FairseqCheckpointError(f"no fairseq key for {part} key {key!r}")
+    return found[1]
 
 
 def split_fairseq_state_dict(
@@ -236,7 +259,8 @@ def encoder_config_from_fairseq(
 def fairseq_model_config(config: EncoderConfig, **training: Any) -> dict[str, Any]:
     """A complete fairseq/FunASR `cfg["model"]` for `config` (every key FunASR reads).
 
-    `training` overrides the pretraining settings written alongside (e.g. clone_batch).
+    The pretraining settings written alongside are this project's defaults (the settings
+    dataclasses'); `training` overrides them (e.g. clone_batch).
     """
     spec = " + ".join(f"[{tuple(layer)}]" for layer in config.conv_layers)
     model = {
@@ -260,35 +284,35 @@ def fairseq_model_config(config: EncoderConfig, **training: Any) -> dict[str, An
         "layer_norm_first": False,
         "average_top_k_layers": config.depth,
         "end_of_block_targets": False,
-        "clone_batch": 8,
+        "clone_batch": MaskingSettings.num_clones,
         "layer_norm_target_layer": False,
         "batch_norm_target_layer": False,
         "instance_norm_target_layer": True,
         "instance_norm_targets": False,
         "layer_norm_targets": False,
-        "ema_decay": 0.999,
+        "ema_decay": TeacherSettings.decay_start,
         "ema_same_dtype": True,
         "log_norms": True,
-        "ema_end_decay": 0.99999,
-        "ema_anneal_end_step": 20000,
+        "ema_end_decay": TeacherSettings.decay_end,
+        "ema_anneal_end_step": TeacherSettings.anneal_steps,
         "ema_encoder_only": False,
         "max_update": 100000,
         "extractor_mode": "layer_norm",
         "shared_decoder": None,
-        "min_target_var": 0.1,
-        "min_pred_var": 0.01,
+        "min_target_var": CollapseGuard.min_target_std,
+        "min_pred_var": CollapseGuard.min_prediction_std,
         "supported_modality": "AUDIO",
         "mae_init": False,
         "seed": 1,
         "skip_ema": False,
-        "cls_loss": 1.0,
+        "cls_loss": ObjectiveSettings.utterance_weight,
         "recon_loss": 0.0,
         "d2v_loss": 1.0,
         "decoder_group": False,
         "adversarial_training": False,
         "adversarial_hidden_dim": 128,
         "adversarial_weight": 0.1,
-        "cls_type": "chunk",
+        "cls_type": ObjectiveSettings.utterance_variant,
         "normalize": config.normalize_waveform,
         "modalities": {
             "audio": {
@@ -302,11 +326,11 @@ def fairseq_model_config(config: EncoderConfig, **training: Any) -> dict[str, An
                 "init_extra_token_zero": True,
                 "mask_noise_std": config.mask_noise_std,
                 "mask_prob_min": None,
-                "mask_prob": 0.5,
+                "mask_prob": MaskingSettings.mask_prob,
                 "inverse_mask": False,
-                "mask_prob_adjust": 0.05,
+                "mask_prob_adjust": MaskingSettings.mask_prob_adjust,
                 "keep_masked_pct": 0.0,
-                "mask_length": 5,
+                "mask_length": MaskingSettings.mask_length,
                 "add_masks": False,
                 "remove_masks": False,
                 "mask_dropout": 0.0,
@@ -492,16 +516,13 @@ def fairseq_state_dict(
     head_state: Mapping[str, Tensor] | None = None,
 ) -> dict[str, Any]:
     """Our state dicts -> one fairseq `model` state dict (the inverse of the mapping)."""
-    inverse = _inverse_map(list(encoder_state), "encoder")
     state: dict[str, Any] = {}
     for key, value in encoder_state.items():
         if key == "context.utterance_tokens" and value.numel() == 0:
             continue  # data2vec 2.0 style: no extra_tokens key
-        state[inverse[key]] = value
-    if decoder_state:
-        inverse_dec = _inverse_map(list(decoder_state), "decoder")
-        for key, value in decoder_state.items():
-            state[inverse_dec[key]] = value
+        state[fairseq_key(key, "encoder")] = value
+    for key, value in (decoder_state or {}).items():
+        state[fairseq_key(key, "decoder")] = value
     if head_state:
         if set(head_state) != {"proj.weight", "proj.bias"}:
             raise FairseqCheckpointError(
@@ -511,55 +532,12 @@ def fairseq_state_dict(
         state["proj.weight"] = head_state["proj.weight"]
         state["proj.bias"] = head_state["proj.bias"]
     if teacher_state:
-        inverse_t = _inverse_map([f"context.{k}" for k in teacher_state], "encoder")
         state["_ema"] = {
-            inverse_t[f"context.{k}"]: v.float()
+            fairseq_key(f"context.{k}", "encoder"): v.float()
             for k, v in teacher_state.items()
             if not (k == "utterance_tokens" and v.numel() == 0)
         }
     return state
-
-
-def _inverse_map(keys: list[str], side: str) -> dict[str, str]:
-    """our key -> fairseq key, by trying the forward rules on every fairseq key shape."""
-    out: dict[str, str] = {}
-    for key in keys:
-        candidates = _fairseq_candidates(key, side)
-        found = [c for c in candidates if map_fairseq_key(c) == (side, key)]
-        if not found:
-            raise FairseqCheckpointError(f"no fairseq key for {side} key {key!r}")
-        out[key] = found[0]
-    return out
-
-
-def _fairseq_candidates(key: str, side: str) -> list[str]:
-    A = AUDIO_PREFIX
-    if side == "decoder":
-        m = re.fullmatch(r"convs\.(\d+)\.(weight|bias)", key)
-        if m:
-            return [f"{A}decoder.blocks.{m[1]}.0.{m[2]}"]
-        return [f"{A}decoder.{key}"]
-    rules = [
-        (
-            r"feature_extractor\.layers\.(\d+)\.conv\.weight",
-            A + r"local_encoder.conv_layers.\1.0.weight",
-        ),
-        (
-            r"feature_extractor\.layers\.(\d+)\.norm\.(weight|bias)",
-            A + r"local_encoder.conv_layers.\1.2.1.\2",
-        ),
-        (r"feature_norm\.(weight|bias)", A + r"project_features.1.\1"),
-        (r"feature_proj\.(weight|bias)", A + r"project_features.2.\1"),
-        (r"context\.utterance_tokens", A + "extra_tokens"),
-        (r"context\.alibi_scale", A + "alibi_scale"),
-        (r"context\.prenet_norm\.(weight|bias)", A + r"context_encoder.norm.\1"),
-        (r"context\.prenet\.(\d+)\.(.+)", A + r"context_encoder.blocks.\1.\2"),
-        (r"context\.blocks\.(\d+)\.(.+)", r"blocks.\1.\2"),
-    ]
-    m = re.fullmatch(r"context\.pos_conv\.layers\.(\d+)\.(weight|bias)", key)
-    if m:
-        return [f"{A}relative_positional_encoder.{int(m[1]) + 1}.0.{m[2]}"]
-    return [re.sub(p, r, key) for p, r in rules if re.fullmatch(p, key)]
 
 
 def save_fairseq_checkpoint(
@@ -573,8 +551,6 @@ def save_fairseq_checkpoint(
 ) -> Path:
     """Write our weights as a fairseq/FunASR checkpoint (`{"model", "cfg"}`), loadable with
     `weights_only=True`; labels (emotion2vec+) also go to `tokens.txt` beside it."""
-    from emotion_ssl.train.checkpoint import atomic_torch_save
-
     path = Path(path)
     model_cfg = fairseq_model_config(config)
     if labels is not None:
@@ -586,7 +562,7 @@ def save_fairseq_checkpoint(
             "task": {
                 "_name": "audio_pretraining",
                 "normalize": config.normalize_waveform,
-                "sample_rate": 16000,
+                "sample_rate": SAMPLE_RATE,
             },
         },
     }

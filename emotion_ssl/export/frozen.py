@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,13 +28,12 @@ from torch import Tensor, nn
 
 from emotion_ssl.export.sniff import check_checkpoint_file
 from emotion_ssl.export.weights import PretrainedWeights
-from emotion_ssl.models.config import EncoderConfig
+from emotion_ssl.models.config import SAMPLE_RATE, EncoderConfig
 from emotion_ssl.models.encoder import EmotionEncoder
-from emotion_ssl.utils.outputs import make_readable
+from emotion_ssl.utils.outputs import atomic_write
 
 FORMAT = "emotion-ssl-encoder"
 FORMAT_VERSION = 1
-SAMPLE_RATE = 16_000
 
 
 class StateDictMismatchError(ValueError):
@@ -156,10 +154,8 @@ def default_model_card(weights: PretrainedWeights, include_pretraining_state: bo
 
 
 def _save_tensors(path: Path, state: Mapping[str, Tensor]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
-    make_readable(tmp)  # safetensors writes 0600; exported weights follow the user's umask
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
 
 
 def _load_tensors(path: Path) -> dict[str, Tensor]:
@@ -175,9 +171,8 @@ def _load_tensors(path: Path) -> dict[str, Tensor]:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
 
 
 # ---------------------------------------------------------------------------- reading
@@ -220,19 +215,23 @@ def read_encoder_dir(path: str | Path) -> PretrainedWeights:
 def read_lightning_checkpoint(
     path: str | Path, loaded: Mapping[str, Any] | None = None
 ) -> PretrainedWeights:
-    """A `emotion-ssl pretrain` checkpoint (.ckpt) -> PretrainedWeights (student, teacher,
-    decoder; no optimizer state)."""
-    from emotion_ssl.train.pretrain import build_encoder_config
-
+    """An `emotion-ssl pretrain` or `finetune` checkpoint (.ckpt) -> PretrainedWeights
+    (student, teacher, decoder; or encoder, head and labels; no optimizer state). The
+    architecture is the `encoder_config` the training system saved in the checkpoint."""
     ckpt = loaded if loaded is not None else torch.load(path, map_location="cpu", weights_only=True)
     hparams = ckpt.get("hyper_parameters", {})
     state: dict[str, Tensor] = ckpt["state_dict"]
-    if "encoder_config" in hparams:  # a FinetuneSystem checkpoint: encoder + head + labels
+    config = checkpoint_encoder_config(ckpt, path)
+
+    def part(prefix: str) -> dict[str, Tensor]:
+        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+    if "head_config" in hparams:  # a FinetuneSystem checkpoint: encoder + head + labels
         return PretrainedWeights(
             path=str(path),
-            config=EncoderConfig.from_dict(hparams["encoder_config"]),
-            encoder_state={k[8:]: v for k, v in state.items() if k.startswith("encoder.")},
-            head_state={k[5:]: v for k, v in state.items() if k.startswith("head.")},
+            config=config,
+            encoder_state=part("encoder."),
+            head_state=part("head."),
             head_config=dict(hparams["head_config"]),
             labels=list(hparams["label_names"]),
             source_format="lightning (fine-tuned)",
@@ -242,11 +241,8 @@ def read_lightning_checkpoint(
                 "freeze": hparams.get("freeze"),
             },
         )
-    config = build_encoder_config(hparams.get("preset", "base"), hparams.get("encoder_overrides"))
-
-    def part(prefix: str) -> dict[str, Tensor]:
-        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-
+    encoder = hparams.get("encoder")
+    preset = encoder.get("preset") if isinstance(encoder, Mapping) else hparams.get("preset")
     return PretrainedWeights(
         path=str(path),
         config=config,
@@ -254,12 +250,25 @@ def read_lightning_checkpoint(
         decoder_state=part("decoder.") or None,
         teacher_state=part("teacher.encoder.") or None,
         source_format="lightning",
-        metadata={
-            "updates": ckpt.get("global_step"),
-            "preset": hparams.get("preset"),
-            **_run_config(Path(path)),
-        },
+        metadata={"updates": ckpt.get("global_step"), "preset": preset, **_run_config(Path(path))},
     )
+
+
+def checkpoint_encoder_config(ckpt: Mapping[str, Any], path: str | Path) -> EncoderConfig:
+    """The encoder architecture of a training checkpoint: the resolved config the system saved
+    (`encoder_config`); for checkpoints written before it did, rebuilt from the
+    hyper-parameters (a fine-tuning run's `encoder_config`, a pretraining run's flat `preset`
+    and `encoder_overrides`)."""
+    hparams = ckpt.get("hyper_parameters", {})
+    saved = ckpt.get("encoder_config", hparams.get("encoder_config"))
+    try:
+        if saved is not None:
+            return EncoderConfig.from_dict(dict(saved))
+        return EncoderConfig.from_preset(
+            hparams.get("preset", "base"), **(hparams.get("encoder_overrides") or {})
+        )
+    except ValueError as err:
+        raise ValueError(f"{path}: its encoder config cannot be read ({err})") from err
 
 
 def _run_config(path: Path) -> dict[str, Any]:
@@ -276,13 +285,16 @@ def _run_config(path: Path) -> dict[str, Any]:
         config.get("model", {}),
         config.get("trainer", {}),
     )
+    # settings groups (`model.optim.lr`); runs before them wrote flat names (`model.lr`)
+    optim, objective = model.get("optim") or model, model.get("objective") or model
     found = {
         "training data": data.get("train_manifest"),
         "labelled data": data.get("labelled_manifest"),
         "max updates": trainer.get("max_steps"),
-        "learning rate": model.get("lr"),
-        "utterance loss": f"{model.get('utterance_variant')} / {model.get('utterance_mode')}",
-        "category weight": model.get("category_weight"),
+        "learning rate": optim.get("lr"),
+        "utterance loss": f"{objective.get('utterance_variant')} / "
+        f"{objective.get('utterance_mode')}",
+        "category weight": objective.get("category_weight"),
         "run config": str(config_path),
     }
     return {k: v for k, v in found.items() if v is not None}

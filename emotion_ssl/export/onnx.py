@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from emotion_ssl.models.config import SAMPLE_RATE
 from emotion_ssl.models.encoder import EmotionEncoder, masked_mean
 from emotion_ssl.models.feature_extractor import (
     conv_output_lengths,
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FORMAT = "emotion-ssl-encoder-onnx"
-SAMPLE_RATE = 16_000
 INPUT_NAMES = ("waveforms", "padding_mask")
 OUTPUT_NAMES = ("frames", "frame_padding_mask", "utterance", "tokens")
 MIN_OPSET = 18

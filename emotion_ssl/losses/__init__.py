@@ -9,12 +9,13 @@ from emotion_ssl.losses.contrastive import (
     supervised_contrastive_loss,
 )
 from emotion_ssl.losses.frame import frame_loss
-from emotion_ssl.losses.objective import (
+from emotion_ssl.losses.guards import (
     CollapseGuard,
-    LossOutput,
-    PretrainObjective,
+    NonFiniteGuard,
+    NonFiniteLossError,
     TrainingCollapsedError,
 )
+from emotion_ssl.losses.objective import LossOutput, ObjectiveSettings, PretrainObjective
 from emotion_ssl.losses.targets import (
     feature_std,
     frame_targets,
@@ -27,6 +28,9 @@ __all__ = [
     "CategoryMemory",
     "CollapseGuard",
     "LossOutput",
+    "NonFiniteGuard",
+    "NonFiniteLossError",
+    "ObjectiveSettings",
     "PretrainObjective",
     "PrototypeBank",
     "ProjectionHead",

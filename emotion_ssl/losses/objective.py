@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from einops import repeat
 from torch import Tensor, nn
 
 from emotion_ssl.losses.contrastive import (
@@ -22,15 +22,101 @@ from emotion_ssl.losses.contrastive import (
     upcast,
 )
 from emotion_ssl.losses.frame import frame_loss
-from emotion_ssl.losses.targets import feature_std, utterance_target
+from emotion_ssl.losses.targets import (
+    FrameTargetNorm,
+    UtteranceMode,
+    feature_std,
+    utterance_target,
+)
 from emotion_ssl.losses.utterance import (
     Reduction,
     UtteranceVariant,
     utterance_loss,
     utterance_prediction,
 )
+from emotion_ssl.models.config import SettingsError
 
-UtteranceMode = Literal["code_faithful", "layer_norm"]
+
+@dataclass
+class ObjectiveSettings:
+    """What the student learns: frame + utterance_weight * utterance + gamma(step) * category
+    (+ variance_weight * clip-variance hinge), and the teacher targets they compare with."""
+
+    top_k: int = 8
+    """Teacher blocks averaged into the targets (the top ones); at most the encoder's depth."""
+
+    frame_target_norm: FrameTargetNorm = "instance"
+    """"instance" (reference: each channel over the clip's frames, which removes clip-level
+    cues from the targets) or "layer" (each frame over channels, keeps them;
+    `emotion_ssl.losses.targets.frame_targets`)."""
+
+    utterance_weight: float = 1.0
+    """alpha, weight of the utterance-level loss (reference 1.0)."""
+
+    utterance_variant: UtteranceVariant = "chunk"
+    """"chunk" (mean of the utterance tokens), "token" (the last one) or "global" (mean of the
+    kept frames)."""
+
+    utterance_mode: UtteranceMode = "layer_norm"
+    """"layer_norm" (a non-degenerate target, mean over clones) or "code_faithful" (the released
+    code: the time-mean of the instance-normalised target, i.e. zero, summed over clones)."""
+
+    category_weight: float = 0.0
+    """gamma, weight of the category-level SupCon term (0 = off)."""
+
+    category_ramp_steps: int = 1000
+    """gamma rises linearly from 0 over this many updates."""
+
+    num_classes: int = 0
+    """Labelled emotion classes (needed for pseudo-labels)."""
+
+    temperature: float = 0.1
+    """SupCon temperature."""
+
+    projection_dim: int = 256
+    """Output size of the category term's projection head."""
+
+    pseudo_labels: bool = False
+    """Confident unlabelled clips join with pseudo-labels: the nearest class prototype of their
+    teacher embedding (the prototypes are an EMA of the teacher's labelled embeddings)."""
+
+    pseudo_label_threshold: float = 0.8
+    """Cosine to the nearest prototype needed for a pseudo-label."""
+
+    pseudo_label_warmup_steps: int = 1000
+    """Updates before pseudo-labels are used."""
+
+    prototype_momentum: float = 0.99
+    """EMA momentum of the class prototypes."""
+
+    category_batch_centring: bool = True
+    """Centre the projections over the global batch before normalising (`centred_unit`; ours,
+    measured in docs/pretraining.md); False = SPEC's plain unit vectors."""
+
+    category_clone_positives: bool = True
+    """A clip's own clones count as its positives (SPEC); False leaves them out of its keys
+    (positives only from other utterances)."""
+
+    category_memory_size: int = 0
+    """Rows (clones) of past training micro-batches kept as extra SupCon keys (0 = none;
+    `CategoryMemory`); see docs/pretraining.md, "The category term"."""
+
+    variance_weight: float = 0.0
+    """Ours, opt-in (0 = off): weight of a VICReg-style hinge that keeps the clip means of the
+    student's frames spread across the batch (`clip_variance_hinge`)."""
+
+    variance_target: float = 0.5
+    """The std per dimension the hinge asks of the clip means."""
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise SettingsError(f"objective.top_k={self.top_k} must be at least 1")
+        if self.category_memory_size < 0:
+            raise SettingsError(
+                f"objective.category_memory_size={self.category_memory_size} must be >= 0"
+            )
+        if self.pseudo_labels and self.category_weight > 0 and self.num_classes < 2:
+            raise SettingsError("objective.pseudo_labels needs objective.num_classes >= 2")
 
 
 @dataclass
@@ -73,130 +159,40 @@ def clip_variance_hinge(frames: Tensor, padding: Tensor | None, target: float) -
     return F.relu(target - std).mean()
 
 
-class TrainingCollapsedError(RuntimeError):
-    """Raised by the collapse guard when targets or predictions lose their variance."""
-
-
-@dataclass
-class CollapseGuard:
-    """The reference's guard: after `after_steps` updates, stop if the target std falls below
-    `min_target_std` or the prediction std below `min_prediction_std`."""
-
-    after_steps: int = 5000
-    min_target_std: float = 0.1
-    min_prediction_std: float = 0.01
-
-    def check(self, step: int, target_std: float, prediction_std: float) -> None:
-        if step <= self.after_steps:
-            return
-        if target_std < self.min_target_std:
-            raise TrainingCollapsedError(
-                f"step {step}: target std {target_std:.4g} < {self.min_target_std} — the "
-                "teacher's targets have collapsed; lower the learning rate or EMA decay"
-            )
-        if prediction_std < self.min_prediction_std:
-            raise TrainingCollapsedError(
-                f"step {step}: prediction std {prediction_std:.4g} < {self.min_prediction_std}"
-                " — the student's predictions have collapsed"
-            )
-
-
 class PretrainObjective(nn.Module):
-    """Combines the three losses; owns the category term's projection head and prototypes.
+    """Combines the losses (`ObjectiveSettings`); owns the category term's projection head,
+    prototypes and memory. dim: model width D."""
 
-    Args:
-        dim: model width D.
-        utterance_weight: alpha, weight of the utterance-level loss (reference 1.0).
-        utterance_variant: "chunk" (mean of the tokens), "token" (last token) or "global".
-        utterance_mode: "code_faithful" reproduces the released code (time-mean of the
-            instance-normalised target, i.e. zero, summed over clones); "layer_norm" (default)
-            uses a non-degenerate target averaged over clones.
-        top_k: teacher layers averaged into the targets.
-        category_weight: gamma, weight of the supervised contrastive term (0 disables it).
-        category_ramp_steps: gamma rises linearly from 0 over this many updates.
-        num_classes: labelled emotion classes (needed for pseudo-labels).
-        temperature: SupCon temperature.
-        projection_dim: output size of the projection head.
-        batch_centring: subtract the global batch's mean projection before normalising
-            (`centred_unit`; ours, measured in docs/pretraining.md); False = SPEC's plain form.
-        pseudo_labels: let confident unlabelled utterances join with pseudo-labels: the
-            nearest class prototype of their teacher embedding (the prototypes are an EMA of
-            the teacher's labelled embeddings; needs `teacher_tokens` in `forward`).
-        pseudo_label_threshold, pseudo_label_warmup_steps, prototype_momentum: their settings.
-        clone_positives: True (SPEC) = a clip's other clones are among its positives; False
-            = they are left out of its keys (positives only from other utterances).
-        memory_size: rows (clones) of past training micro-batches kept as extra keys
-            (`CategoryMemory`; 0 = none). Rows of one global micro-batch x
-            (accumulate_grad_batches - 1) spans the accumulation window.
-        variance_weight, variance_target: ours, opt-in (0 = off): a VICReg-style hinge
-            mean_d relu(variance_target - std_d) on the clip means of the student's kept
-            frames across the rows of the batch (`clip_variance_hinge`), against the clip
-            embeddings collapsing onto a few directions (docs/pretraining.md, monitor).
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        utterance_weight: float = 1.0,
-        utterance_variant: UtteranceVariant = "chunk",
-        utterance_mode: UtteranceMode = "layer_norm",
-        top_k: int = 8,
-        category_weight: float = 0.0,
-        category_ramp_steps: int = 1000,
-        num_classes: int = 0,
-        temperature: float = 0.1,
-        projection_dim: int = 256,
-        pseudo_labels: bool = False,
-        pseudo_label_threshold: float = 0.8,
-        pseudo_label_warmup_steps: int = 1000,
-        prototype_momentum: float = 0.99,
-        batch_centring: bool = True,
-        clone_positives: bool = True,
-        memory_size: int = 0,
-        variance_weight: float = 0.0,
-        variance_target: float = 0.5,
-    ) -> None:
+    def __init__(self, dim: int, settings: ObjectiveSettings | None = None) -> None:
         super().__init__()
-        self.variance_weight = variance_weight
-        self.variance_target = variance_target
-        self.utterance_weight = utterance_weight
-        self.utterance_variant: UtteranceVariant = utterance_variant
-        self.utterance_mode: UtteranceMode = utterance_mode
-        self.top_k = top_k
-        self.category_weight = category_weight
-        self.category_ramp_steps = category_ramp_steps
-        self.temperature = temperature
-        self.batch_centring = batch_centring
-        self.clone_positives = clone_positives
-        if memory_size < 0:
-            raise ValueError(f"memory_size must be >= 0, got {memory_size}")
+        self.settings = s = settings or ObjectiveSettings()
         self.head: ProjectionHead | None = None
         self.prototypes: PrototypeBank | None = None
         self.memory: CategoryMemory | None = None
-        if category_weight > 0:
-            self.head = ProjectionHead(dim, projection_dim)
-            if memory_size > 0:
-                self.memory = CategoryMemory(memory_size, projection_dim)
-            if pseudo_labels:
-                if num_classes < 2:
-                    raise ValueError("pseudo_labels needs num_classes >= 2")
+        if s.category_weight > 0:
+            self.head = ProjectionHead(dim, s.projection_dim)
+            if s.category_memory_size > 0:
+                self.memory = CategoryMemory(s.category_memory_size, s.projection_dim)
+            if s.pseudo_labels:
                 self.prototypes = PrototypeBank(
-                    num_classes,
-                    projection_dim,
-                    prototype_momentum,
-                    pseudo_label_threshold,
-                    pseudo_label_warmup_steps,
+                    s.num_classes,
+                    s.projection_dim,
+                    s.prototype_momentum,
+                    s.pseudo_label_threshold,
+                    s.pseudo_label_warmup_steps,
                 )
 
     def category_weight_at(self, step: int) -> float:
-        if self.category_weight <= 0:
+        weight, ramp = self.settings.category_weight, self.settings.category_ramp_steps
+        if weight <= 0:
             return 0.0
-        if self.category_ramp_steps <= 0:
-            return self.category_weight
-        return self.category_weight * min(1.0, step / self.category_ramp_steps)
+        if ramp <= 0:
+            return weight
+        return weight * min(1.0, step / ramp)
 
     def forward(
         self,
+        *,
         prediction: Tensor,
         frame_target: Tensor,
         mask: Tensor,
@@ -219,15 +215,16 @@ class PretrainObjective(nn.Module):
         labels: (B,) long, -1 = unlabelled; step: optimizer updates done so far;
         teacher_tokens: (B, E, D) teacher utterance-token outputs (for pseudo-labels).
         """
-        C = num_clones
-        target_c = frame_target.repeat_interleave(C, dim=0)  # (R, T, D)
+        s, C = self.settings, num_clones
+        target_c = repeat(frame_target, "b t d -> (b c) t d", c=C)  # row b*C + c: clone c
         loss_frame = frame_loss(prediction, target_c, mask)
 
-        utt_pred = utterance_prediction(self.utterance_variant, tokens, kept_frames, kept_padding)
+        utt_pred = utterance_prediction(s.utterance_variant, tokens, kept_frames, kept_padding)
         utt_tgt = utterance_target(
-            self.utterance_mode, teacher_layers, frame_target, padding_mask, self.top_k
-        ).repeat_interleave(C, dim=0)  # (R, D)
-        reduction: Reduction = "sum" if self.utterance_mode == "code_faithful" else "mean"
+            s.utterance_mode, teacher_layers, frame_target, padding_mask, s.top_k
+        )
+        utt_tgt = repeat(utt_tgt, "b d -> (b c) d", c=C)
+        reduction: Reduction = "sum" if s.utterance_mode == "code_faithful" else "mean"
         loss_utt = utterance_loss(utt_pred, utt_tgt, reduction)
 
         gamma = self.category_weight_at(step)
@@ -237,11 +234,11 @@ class PretrainObjective(nn.Module):
         if self.head is not None:
             category, num_pseudo = self.category_term(tokens, labels, C, step, teacher_tokens)
 
-        total = loss_frame + self.utterance_weight * loss_utt + gamma * category.loss
+        total = loss_frame + s.utterance_weight * loss_utt + gamma * category.loss
         loss_var = prediction.new_zeros((), dtype=torch.float32)
-        if self.variance_weight > 0:
-            loss_var = clip_variance_hinge(kept_frames, kept_padding, self.variance_target)
-            total = total + self.variance_weight * loss_var
+        if s.variance_weight > 0:
+            loss_var = clip_variance_hinge(kept_frames, kept_padding, s.variance_target)
+            total = total + s.variance_weight * loss_var
         with torch.no_grad():
             target_std = feature_std(target_c, mask)
             prediction_std = feature_std(prediction, mask)
@@ -265,7 +262,7 @@ class PretrainObjective(nn.Module):
 
     def _unit(self, projected: Tensor) -> Tensor:
         """(N, P) projections of the global batch -> unit embeddings (fp32)."""
-        if self.batch_centring:
+        if self.settings.category_batch_centring:
             return centred_unit(projected)
         return F.normalize(upcast(projected), dim=-1)
 
@@ -302,16 +299,16 @@ class PretrainObjective(nn.Module):
                 with_pseudo = self.prototypes.pseudo_labels(teacher, utterance_labels, step)
             num_pseudo = (with_pseudo != utterance_labels).sum() * C
             utterance_labels = with_pseudo
-        clone_labels = utterance_labels.repeat_interleave(C)  # (N,), row b*C + c
+        clone_labels = repeat(utterance_labels, "n -> (n c)", c=C)  # (N,), row b*C + c
         # every rank holds whole utterances, so row // C numbers the utterances globally
         groups = torch.arange(embeddings.size(0), device=embeddings.device) // C
         memory = self.memory if self.training else None
         out = supervised_contrastive_loss(
             embeddings,
             clone_labels,
-            self.temperature,
+            self.settings.temperature,
             groups=groups,
-            clone_positives=self.clone_positives,
+            clone_positives=self.settings.category_clone_positives,
             memory=None if memory is None else memory.keys,
             memory_labels=None if memory is None else memory.labels,
             memory_valid=None if memory is None else memory.valid,

@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-UtteranceTargetMode = Literal["code_faithful", "layer_norm"]
+UtteranceMode = Literal["code_faithful", "layer_norm"]
+"""The utterance target: the released code's (zero, summed over clones) or ours (layer-normed,
+averaged over clones); see `utterance_target`."""
 
 
 def _valid(padding_mask: Tensor | None, like: Tensor) -> Tensor:
@@ -76,7 +78,7 @@ def frame_targets(
 
 
 def utterance_target(
-    mode: UtteranceTargetMode,
+    mode: UtteranceMode,
     layer_results: list[Tensor],
     frame_target: Tensor,
     padding_mask: Tensor | None,

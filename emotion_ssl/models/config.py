@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 ConvSpec = tuple[int, int, int]  # (channels, kernel, stride)
+
+SAMPLE_RATE = 16_000
+"""Samples per second of the audio every encoder reads (the CNN's hop of 320 samples is 20 ms
+at this rate). The one place 16 kHz is written."""
+
+Preset = Literal["tiny", "base"]
+
+
+class SettingsError(ValueError):
+    """A setting that cannot work, named with its value (`emotion-ssl pretrain` reports it as a
+    one-line option error before anything is built)."""
 
 
 def _base_conv_layers() -> list[ConvSpec]:
@@ -182,15 +193,43 @@ class EncoderConfig:
         )
 
     @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> EncoderConfig:
+        """A named size (`tiny`, `base`) with some fields changed:
+        `EncoderConfig.from_preset("tiny", dropout=0.0)`. An unknown preset or field is an
+        error naming it."""
+        presets = {"tiny": cls.tiny, "base": cls.base}
+        if name not in presets:
+            raise SettingsError(f"unknown encoder preset {name!r}; use one of {sorted(presets)}")
+        return cls.from_dict({**presets[name]().to_dict(), **overrides})
+
+    @classmethod
     def from_dict(cls, values: dict[str, Any]) -> EncoderConfig:
         """Build from `to_dict()` output; unknown keys are an error naming them."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown EncoderConfig fields: {unknown}")
+            raise SettingsError(f"unknown EncoderConfig fields: {unknown}")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["conv_layers"] = [list(layer) for layer in self.conv_layers]
         return out
+
+
+@dataclass
+class EncoderSettings:
+    """Which encoder a training run builds: a named preset and the fields it changes."""
+
+    preset: Preset = "base"
+    """Encoder size: "tiny" (tests, the demo) or "base" (emotion2vec_base, 93.2 M parameters)."""
+
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """EncoderConfig fields to change, e.g. {"dropout": 0.0} (on the command line
+    `--model.encoder.overrides.dropout 0`); an unknown field is an error naming it."""
+
+    def __post_init__(self) -> None:
+        self.resolve()  # an unknown preset or field fails here, not at the first step
+
+    def resolve(self) -> EncoderConfig:
+        return EncoderConfig.from_preset(self.preset, **self.overrides)

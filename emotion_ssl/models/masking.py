@@ -2,8 +2,39 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+from einops import repeat
 from torch import Tensor
+
+from emotion_ssl.models.config import SettingsError
+
+
+@dataclass
+class MaskingSettings:
+    """How the student's input is masked: each clip is copied `num_clones` times (the clone
+    batch) and each copy gets its own span mask (`compute_span_mask`)."""
+
+    num_clones: int = 8
+    """Masked copies of each clip the student encodes (the teacher sees the clip once)."""
+
+    mask_prob: float = 0.5
+    """Share of each clone's valid frames masked: exactly floor(mask_prob * T)."""
+
+    mask_length: int = 5
+    """Frames per mask span."""
+
+    mask_prob_adjust: float = 0.05
+    """Extra span centres drawn before the masked count is made exact."""
+
+    def __post_init__(self) -> None:
+        if self.num_clones < 1:
+            raise SettingsError(f"masking.num_clones={self.num_clones} must be at least 1")
+        if not 0.0 <= self.mask_prob < 1.0:
+            raise SettingsError(f"masking.mask_prob={self.mask_prob} must be in [0, 1)")
+        if self.mask_length < 1:
+            raise SettingsError(f"masking.mask_length={self.mask_length} must be at least 1")
 
 
 def to_device(x: Tensor, device: torch.device) -> Tensor:
@@ -19,9 +50,9 @@ def to_device(x: Tensor, device: torch.device) -> Tensor:
 def compute_span_mask(
     lengths: Tensor,
     max_len: int,
-    mask_prob: float = 0.5,
-    span_length: int = 5,
-    mask_prob_adjust: float = 0.05,
+    mask_prob: float = MaskingSettings.mask_prob,
+    span_length: int = MaskingSettings.mask_length,
+    mask_prob_adjust: float = MaskingSettings.mask_prob_adjust,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Mask exactly floor(mask_prob * length) valid frames of every row, in spans.
@@ -80,5 +111,5 @@ def compute_span_mask(
 
 
 def clone_lengths(lengths: Tensor, num_clones: int) -> Tensor:
-    """(B,) -> (B * num_clones,) in repeat_interleave order: row b*C + c is clone c of b."""
-    return lengths.repeat_interleave(num_clones, dim=0)
+    """(B,) -> (B * num_clones,): row b*C + c is clone c of b (the clone batch's order)."""
+    return repeat(lengths, "b -> (b c)", c=num_clones)

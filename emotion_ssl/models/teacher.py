@@ -5,11 +5,28 @@ from __future__ import annotations
 import contextlib
 import copy
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from emotion_ssl.models.encoder import ContextEncoder, ContextOutput
+
+
+@dataclass
+class TeacherSettings:
+    """The EMA teacher's decay: a linear rise from `decay_start` to `decay_end` over
+    `anneal_steps` optimizer updates, then constant (`ema_decay_at`)."""
+
+    decay_start: float = 0.999
+    """The decay at update 0."""
+
+    decay_end: float = 0.99999
+    """The decay after the rise."""
+
+    anneal_steps: int = 20_000
+    """Updates of the linear rise; -1 = the whole run (the trainer's max_steps), so a short
+    run's teacher follows the same curve as a long one's."""
 
 
 def ema_decay_at(step: int, start: float, end: float, anneal_steps: int) -> float:
@@ -49,9 +66,9 @@ class EMATeacher(nn.Module):
     def __init__(
         self,
         student: ContextEncoder,
-        decay_start: float = 0.999,
-        decay_end: float = 0.99999,
-        anneal_steps: int = 20_000,
+        decay_start: float = TeacherSettings.decay_start,
+        decay_end: float = TeacherSettings.decay_end,
+        anneal_steps: int = TeacherSettings.anneal_steps,
     ) -> None:
         super().__init__()
         self.encoder = copy.deepcopy(student).float()

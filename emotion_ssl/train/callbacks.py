@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import lightning as L
 import torch
 
 from emotion_ssl.data.manifest import write_text_atomically
+from emotion_ssl.utils.outputs import atomic_write
 
 
 def run_folder(trainer: L.Trainer) -> Path:
@@ -118,7 +118,6 @@ def plot_loss_curves(rows: list[dict[str, float]], keys: list[str], path: Path) 
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_write(path, suffix=".png") as tmp:  # savefig reads the format from the name
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)

@@ -4,40 +4,21 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from emotion_ssl.utils.outputs import make_readable
+from emotion_ssl.utils.outputs import atomic_torch_save
+
+__all__ = ["LAST", "AtomicCheckpointIO", "atomic_torch_save", "remove_stale_temporaries"]
 
 LAST = "last.ckpt"
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then os.replace: a crash
-    mid-write leaves the previous file at `path` untouched. The file gets the mode the
-    user's umask gives new files (the temporary is private while it is written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        make_readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 _TEMPORARY = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
-"""What `atomic_torch_save` names its temporaries: `.NAME.` + mkstemp's 8 characters + `.tmp`."""
+"""What `atomic_write` names its temporaries: `.NAME.` + mkstemp's 8 characters + `.tmp`."""
 
 
 def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import Any, Literal
 
 import lightning as L
@@ -17,6 +16,7 @@ from emotion_ssl.export.frozen import build_encoder, read_weights
 from emotion_ssl.models.heads import ClassificationHead, Pooling
 from emotion_ssl.train.callbacks import run_folder
 from emotion_ssl.train.metrics import classification_scores, plot_confusion
+from emotion_ssl.train.optim import warmup_cosine
 
 Freeze = Literal["all", "top", "none"]
 
@@ -65,8 +65,6 @@ class FinetuneSystem(L.LightningModule):
         weights = read_weights(encoder)
         self.encoder = build_encoder(weights)
         self.encoder_config = weights.config
-        # stored in the checkpoint, so an export needs neither the source file nor its path
-        self.hparams["encoder_config"] = weights.config.to_dict()
         self.label_names = list(label_names)
         self.head = ClassificationHead(
             weights.config.embed_dim, len(label_names), pooling, head_dropout
@@ -84,6 +82,10 @@ class FinetuneSystem(L.LightningModule):
         self._frozen = self._apply_freezing()
         self._outputs: dict[str, list[Tensor]] = {}
         self.train()  # Lightning keeps the modes it finds: frozen parts start in eval mode
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the resolved architecture: an export needs neither the source file nor its path
+        checkpoint["encoder_config"] = self.encoder_config.to_dict()
 
     # ------------------------------------------------------------------ freezing
     def blocks(self) -> list[nn.Module]:
@@ -250,17 +252,8 @@ class FinetuneSystem(L.LightningModule):
         for group in groups:
             group["initial_lr"] = group["lr"]
         optimizer = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(self.warmup_steps, total)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return 0.5 * (
-                1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup)))
-            )
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = warmup_cosine(optimizer, self.warmup_steps, total)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

@@ -9,11 +9,16 @@ import re
 import sys
 from typing import Any, ClassVar, NoReturn
 
+from jsonargparse import set_parsing_settings
 from jsonargparse._common import debug_mode_active  # the switch jsonargparse itself reads
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from emotion_ssl.models.config import SettingsError
 from emotion_ssl.train.preflight import Preflight, check_manifest_options
+
+# the settings dataclasses document each field in a docstring under it: that is their --help
+set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 
 class CommandArgumentParser(LightningArgumentParser):
@@ -40,7 +45,10 @@ def _suggestion(message: str, parser: Any) -> str:
         return ""
     wrong = match[1].split("=")[0]
     known = [o for action in getattr(parser, "_actions", []) for o in action.option_strings]
-    close = difflib.get_close_matches(wrong, known, n=1, cutoff=0.75)
+    # a name that moved into a settings group: --model.lr -> --model.optim.lr
+    section, _, leaf = wrong.rpartition(".")
+    moved = [o for o in known if o.startswith(section + ".") and o.endswith("." + leaf)]
+    close = moved if len(moved) == 1 else difflib.get_close_matches(wrong, known, n=1, cutoff=0.75)
     return f"; did you mean {close[0]}?" if close else ""
 
 
@@ -91,7 +99,10 @@ class EmotionSSLCLI(LightningCLI):
         data = config.get("data")
         if data is not None:  # a missing manifest: one line now, not a traceback later
             check_manifest_options(dict(data.items()))
-        super().instantiate_classes()
+        try:
+            super().instantiate_classes()
+        except SettingsError as err:  # e.g. an unknown field in --model.encoder.overrides
+            self.parser.error(str(err))
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
         callbacks = [*callbacks, Preflight(self.command)]

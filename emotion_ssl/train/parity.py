@@ -10,8 +10,12 @@ run `system.forward_step(source, None, labels, mask=reference_mask)` to compare.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
+from emotion_ssl.losses import ObjectiveSettings
+from emotion_ssl.losses.targets import UtteranceMode
+from emotion_ssl.losses.utterance import UtteranceVariant
+from emotion_ssl.models.config import EncoderSettings, Preset
+from emotion_ssl.models.masking import MaskingSettings
 from emotion_ssl.train.pretrain import PretrainSystem
 
 DETERMINISTIC = {
@@ -29,21 +33,18 @@ DETERMINISTIC = {
 
 def reference_step_system(
     checkpoint: str | Path,
-    variant: Literal["chunk", "token", "global"] = "chunk",
-    mode: Literal["code_faithful", "layer_norm"] = "code_faithful",
+    variant: UtteranceVariant = "chunk",
+    mode: UtteranceMode = "code_faithful",
     num_clones: int = 2,
     top_k: int = 2,
-    preset: Literal["tiny", "base"] = "tiny",
+    preset: Preset = "tiny",
 ) -> PretrainSystem:
     """A PretrainSystem with the golden step's settings, its student and decoder loaded from
     `checkpoint` (fairseq or ours) and its teacher equal to the student, in train mode."""
     system = PretrainSystem(
-        preset=preset,
-        encoder_overrides=DETERMINISTIC,
-        num_clones=num_clones,
-        top_k=top_k,
-        utterance_variant=variant,
-        utterance_mode=mode,
+        encoder=EncoderSettings(preset, DETERMINISTIC),
+        masking=MaskingSettings(num_clones=num_clones),
+        objective=ObjectiveSettings(top_k=top_k, utterance_variant=variant, utterance_mode=mode),
     )
     report = system.load_pretrained(str(checkpoint))
     if report["decoder"] != "loaded":

@@ -24,9 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from emotion_ssl.models.config import EncoderConfig
+from emotion_ssl.models.config import SAMPLE_RATE, EncoderConfig
 
-SAMPLE_RATE = 16_000
 TRAIN_MULTIPLIER = 3  # forward + backward (backward = 2x forward)
 
 

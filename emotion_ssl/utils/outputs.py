@@ -26,8 +26,10 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -88,11 +90,8 @@ def write_record(
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "emotion_ssl_version": __version__,
     }
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{RECORD_NAME}.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, folder / RECORD_NAME)
+    with atomic_write(Path(path) / RECORD_NAME) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -235,3 +234,36 @@ def make_readable(path: str | Path) -> None:
     """Give a file written through a private temporary (mode 0600) the mode the user's
     umask gives new files, so that others on a shared server can read it as usual."""
     os.chmod(path, default_file_mode())
+
+
+@contextmanager
+def atomic_write(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Write a file so that a crash never leaves half of it: yields a temporary path beside
+    `path` (`.NAME.XXXXXXXX` + `suffix`; give the real extension when the writer infers the
+    format from it); on success the temporary is flushed to disk, given the mode the user's
+    umask gives new files and moved onto `path` (`os.replace`); on any error it is removed
+    and the previous file at `path` stays as it was. The one atomic writer of the package.
+
+    >>> with atomic_write("out/config.json") as tmp:  # doctest: +SKIP
+    ...     tmp.write_text("{}")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:  # on disk before the rename: no empty file after a crash
+            os.fsync(f.fileno())
+        make_readable(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """`torch.save` through `atomic_write`: a crash mid-write keeps the previous file."""
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)

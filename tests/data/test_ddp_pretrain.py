@@ -27,6 +27,10 @@ SCRIPT = textwrap.dedent(
     from lightning.pytorch.strategies import DDPStrategy
 
     from emotion_ssl.data.pretrain import PretrainDataModule
+    from emotion_ssl.losses import ObjectiveSettings
+    from emotion_ssl.models.config import EncoderSettings
+    from emotion_ssl.models.masking import MaskingSettings
+    from emotion_ssl.train.optim import OptimSettings
     from emotion_ssl.train.pretrain import PretrainSystem
 
 
@@ -52,7 +56,12 @@ SCRIPT = textwrap.dedent(
     if __name__ == "__main__":
         manifest, out, backend = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
         torch.set_num_threads(1)
-        model = PretrainSystem(preset="tiny", num_clones=2, top_k=2, warmup_steps=1, lr=5e-4)
+        model = PretrainSystem(
+            encoder=EncoderSettings("tiny"),
+            masking=MaskingSettings(num_clones=2),
+            objective=ObjectiveSettings(top_k=2),
+            optim=OptimSettings(lr=5e-4, warmup_steps=1),
+        )
         data = PretrainDataModule(
             manifest, max_tokens=48_000, max_sample_size=24_000, backend=backend
         )

@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
-from emotion_ssl.losses import PretrainObjective
+from emotion_ssl.losses import ObjectiveSettings, PretrainObjective
 
 D = 6
 WORLD = 2
@@ -33,7 +33,7 @@ class Net(nn.Module):
         torch.manual_seed(0)  # the same initial weights in every process
         self.student = nn.Linear(D, D)
         self.objective = PretrainObjective(
-            D, top_k=1, category_weight=1.0, projection_dim=4, **objective
+            D, ObjectiveSettings(top_k=1, category_weight=1.0, projection_dim=4, **objective)
         )
 
     def forward(self, x: Tensor, labels: Tensor, clones: int, teacher_x: Tensor | None) -> Any:
@@ -77,8 +77,8 @@ def memory_case() -> dict[str, Any]:
         )
     return {
         "objective": {
-            "clone_positives": False,
-            "memory_size": 12,
+            "category_clone_positives": False,
+            "category_memory_size": 12,
             "num_classes": 3,
             "pseudo_labels": True,
             "pseudo_label_threshold": 0.0,

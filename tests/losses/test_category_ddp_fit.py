@@ -24,6 +24,10 @@ SCRIPT = textwrap.dedent(
     from lightning.pytorch.strategies import DDPStrategy
 
     from emotion_ssl.data.pretrain import PretrainDataModule
+    from emotion_ssl.losses import ObjectiveSettings
+    from emotion_ssl.models.config import EncoderSettings
+    from emotion_ssl.models.masking import MaskingSettings
+    from emotion_ssl.train.optim import OptimSettings
     from emotion_ssl.train.pretrain import PretrainSystem
 
     KEYS = ("train/category_loss", "train/num_anchors", "train/cross_utterance_positives",
@@ -59,10 +63,14 @@ SCRIPT = textwrap.dedent(
         unlabelled, labelled, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
         torch.set_num_threads(1)
         model = PretrainSystem(
-            preset="tiny", num_clones=2, top_k=2, warmup_steps=1, lr=5e-4,
-            category_weight=1.0, category_ramp_steps=0, num_classes=4,
-            category_clone_positives=False, category_memory_size=32,
-            pseudo_labels=True, pseudo_label_warmup_steps=0, pseudo_label_threshold=0.5,
+            encoder=EncoderSettings("tiny"),
+            masking=MaskingSettings(num_clones=2),
+            objective=ObjectiveSettings(
+                top_k=2, category_weight=1.0, category_ramp_steps=0, num_classes=4,
+                category_clone_positives=False, category_memory_size=32,
+                pseudo_labels=True, pseudo_label_warmup_steps=0, pseudo_label_threshold=0.5,
+            ),
+            optim=OptimSettings(lr=5e-4, warmup_steps=1),
         )
         data = PretrainDataModule(
             unlabelled, labelled_manifest=labelled, labelled_per_class=1,

@@ -10,23 +10,25 @@ import torch
 from torch.utils.data import DataLoader
 
 from emotion_ssl.data.batch import AudioBatch
-from emotion_ssl.losses import centred_unit
+from emotion_ssl.losses import ObjectiveSettings, centred_unit
+from emotion_ssl.models.config import EncoderSettings
+from emotion_ssl.models.masking import MaskingSettings
+from emotion_ssl.train.optim import OptimSettings
 from emotion_ssl.train.pretrain import PretrainSystem
 
 torch.set_num_threads(1)
 
 
-def _system(**kwargs: Any) -> PretrainSystem:
+def _system(**objective: Any) -> PretrainSystem:
+    """The tiny encoder, 2 clones, the category term on; `objective` adds ObjectiveSettings."""
     torch.manual_seed(0)
     return PretrainSystem(
-        preset="tiny",
-        num_clones=2,
-        top_k=2,
-        warmup_steps=1,
-        category_weight=1.0,
-        category_ramp_steps=0,
-        num_classes=2,
-        **kwargs,
+        encoder=EncoderSettings("tiny"),
+        masking=MaskingSettings(num_clones=2),
+        objective=ObjectiveSettings(
+            top_k=2, category_weight=1.0, category_ramp_steps=0, num_classes=2, **objective
+        ),
+        optim=OptimSettings(warmup_steps=1),
     )
 
 
@@ -47,7 +49,7 @@ def test_options_reach_the_objective_and_prototypes_come_from_the_teacher() -> N
         pseudo_label_warmup_steps=0,
     )
     objective = system.objective
-    assert objective.clone_positives is False
+    assert objective.settings.category_clone_positives is False
     assert objective.memory is not None and objective.memory.size == 16
     assert objective.prototypes is not None and objective.head is not None
     teacher_tokens: list[torch.Tensor] = []

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from emotion_ssl.losses import (
     CategoryMemory,
+    ObjectiveSettings,
     PretrainObjective,
     centred_unit,
     supervised_contrastive_loss,
@@ -168,7 +169,10 @@ def test_two_labelled_rows_of_one_class_among_unlabelled_by_hand() -> None:
 def _objective(**kwargs: object) -> PretrainObjective:
     torch.manual_seed(0)
     return PretrainObjective(
-        4, top_k=1, category_weight=1.0, category_ramp_steps=0, projection_dim=3, **kwargs
+        4,
+        ObjectiveSettings(
+            top_k=1, category_weight=1.0, category_ramp_steps=0, projection_dim=3, **kwargs
+        ),
     )  # type: ignore[arg-type]
 
 
@@ -254,7 +258,7 @@ def test_memory_queue_wraps_and_ignores_non_finite_rows() -> None:
 
 
 def test_objective_memory_holds_last_batch_as_its_centred_rows() -> None:
-    objective = _objective(memory_size=4, clone_positives=False)
+    objective = _objective(category_memory_size=4, category_clone_positives=False)
     first = torch.randn(4, 2, 4)  # 2 utterances x 2 clones
     second = torch.randn(4, 2, 4)
     objective.category_term(first, torch.tensor([0, 1]), 2, 0)
@@ -290,7 +294,7 @@ def test_objective_memory_holds_last_batch_as_its_centred_rows() -> None:
 
 def test_memory_size_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="memory_size"):
-        _objective(memory_size=-1)
+        _objective(category_memory_size=-1)
 
 
 # ------------------------------------------------------------------ no host sync
@@ -317,8 +321,8 @@ def test_category_term_never_reads_the_device() -> None:
             return func(*args, **(kwargs or {}))
 
     objective = _objective(
-        memory_size=6,
-        clone_positives=False,
+        category_memory_size=6,
+        category_clone_positives=False,
         num_classes=3,
         pseudo_labels=True,
         pseudo_label_warmup_steps=0,

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from emotion_ssl.losses import (
     CollapseGuard,
     LossOutput,
+    ObjectiveSettings,
     PretrainObjective,
     TrainingCollapsedError,
     centred_unit,
@@ -45,17 +46,17 @@ class Inputs:
 
     def call(self, objective: PretrainObjective, labels: list[int], step: int) -> LossOutput:
         return objective(
-            self.prediction,
-            self.frame_target,
-            self.mask,
-            self.teacher_layers,
-            None,
-            self.tokens,
-            self.kept_frames,
-            None,
-            torch.tensor(labels),
-            C,
-            step,
+            prediction=self.prediction,
+            frame_target=self.frame_target,
+            mask=self.mask,
+            teacher_layers=self.teacher_layers,
+            padding_mask=None,
+            tokens=self.tokens,
+            kept_frames=self.kept_frames,
+            kept_padding=None,
+            labels=torch.tensor(labels),
+            num_clones=C,
+            step=step,
         )
 
 
@@ -87,7 +88,9 @@ def _inputs() -> Inputs:
 
 # ------------------------------------------------------------------ category ramp
 def test_category_weight_ramp() -> None:
-    objective = PretrainObjective(D, top_k=2, category_weight=0.4, category_ramp_steps=100)
+    objective = PretrainObjective(
+        D, ObjectiveSettings(top_k=2, category_weight=0.4, category_ramp_steps=100)
+    )
     assert objective.category_weight_at(0) == 0.0
     assert objective.category_weight_at(50) == pytest.approx(0.2, abs=1e-12)
     assert objective.category_weight_at(25) == pytest.approx(0.1, abs=1e-12)
@@ -97,9 +100,9 @@ def test_category_weight_ramp() -> None:
 
 def test_category_weight_without_ramp_or_term() -> None:
     assert PretrainObjective(
-        D, top_k=2, category_weight=0.4, category_ramp_steps=0
+        D, ObjectiveSettings(top_k=2, category_weight=0.4, category_ramp_steps=0)
     ).category_weight_at(0) == pytest.approx(0.4)
-    disabled = PretrainObjective(D, top_k=2, category_weight=0.0)
+    disabled = PretrainObjective(D, ObjectiveSettings(top_k=2, category_weight=0.0))
     assert disabled.head is None
     assert disabled.category_weight_at(10**6) == 0.0
 
@@ -109,12 +112,14 @@ def test_total_by_hand_code_faithful() -> None:
     torch.manual_seed(0)
     objective = PretrainObjective(
         D,
-        utterance_weight=0.5,
-        utterance_mode="code_faithful",
-        top_k=2,
-        category_weight=0.6,
-        category_ramp_steps=10,
-        projection_dim=3,
+        ObjectiveSettings(
+            utterance_weight=0.5,
+            utterance_mode="code_faithful",
+            top_k=2,
+            category_weight=0.6,
+            category_ramp_steps=10,
+            projection_dim=3,
+        ),
     )
     out = _inputs().call(objective, labels=[0, 1], step=5)
     assert out.frame.item() == pytest.approx(2.0, rel=1e-5)
@@ -133,7 +138,9 @@ def test_total_by_hand_code_faithful() -> None:
 
 
 def test_total_layer_norm_mode_averages_over_clones() -> None:
-    objective = PretrainObjective(D, utterance_weight=2.0, utterance_mode="layer_norm", top_k=2)
+    objective = PretrainObjective(
+        D, ObjectiveSettings(utterance_weight=2.0, utterance_mode="layer_norm", top_k=2)
+    )
     inputs = _inputs()
     out = inputs.call(objective, labels=[-1, -1], step=0)
     # target t is layer-normalised (sum 0, sum of squares ~D): ||1 - t||^2 = D + D = 8,
@@ -153,12 +160,12 @@ def test_utterance_variant_is_used() -> None:
     inputs.tokens[:, -1] = 3.0  # last token 3, mean 1
     for variant, expected in (("chunk", 1.0), ("token", 3.0)):
         objective = PretrainObjective(
-            D, top_k=2, utterance_variant=variant, utterance_mode="code_faithful"
+            D, ObjectiveSettings(top_k=2, utterance_variant=variant, utterance_mode="code_faithful")
         )
         out = inputs.call(objective, labels=[-1, -1], step=0)
         assert out.utterance_prediction[0].tolist() == [expected] * D
     objective = PretrainObjective(
-        D, top_k=2, utterance_variant="global", utterance_mode="code_faithful"
+        D, ObjectiveSettings(top_k=2, utterance_variant="global", utterance_mode="code_faithful")
     )
     out = inputs.call(objective, labels=[-1, -1], step=0)
     torch.testing.assert_close(out.utterance_prediction, inputs.kept_frames.mean(dim=1))
@@ -168,11 +175,13 @@ def test_no_label_batch_works_unchanged() -> None:
     torch.manual_seed(0)
     objective = PretrainObjective(
         D,
-        top_k=2,
-        utterance_mode="code_faithful",
-        category_weight=1.0,
-        category_ramp_steps=0,
-        projection_dim=3,
+        ObjectiveSettings(
+            top_k=2,
+            utterance_mode="code_faithful",
+            category_weight=1.0,
+            category_ramp_steps=0,
+            projection_dim=3,
+        ),
     )
     inputs = _inputs()
     out = inputs.call(objective, labels=[-1, -1], step=100)
@@ -190,10 +199,7 @@ def test_no_label_batch_works_unchanged() -> None:
 @pytest.mark.parametrize("centring", [True, False])
 def test_category_embedding_is_the_projected_token_mean(centring: bool) -> None:
     torch.manual_seed(0)
-    objective = PretrainObjective(
-        D, top_k=2, category_weight=1.0, category_ramp_steps=0, projection_dim=3,
-        batch_centring=centring,
-    )  # fmt: skip
+    objective = PretrainObjective(D, ObjectiveSettings(top_k=2, category_weight=1.0, category_ramp_steps=0, projection_dim=3, category_batch_centring=centring))  # fmt: skip
     inputs = _inputs()
     inputs.tokens = torch.randn(R, E, D)  # rows that differ
     out = inputs.call(objective, labels=[0, 1], step=0)
@@ -209,7 +215,9 @@ def test_category_embedding_is_the_projected_token_mean(centring: bool) -> None:
 
 
 def test_category_term_disabled() -> None:
-    objective = PretrainObjective(D, top_k=2, utterance_mode="code_faithful", category_weight=0.0)
+    objective = PretrainObjective(
+        D, ObjectiveSettings(top_k=2, utterance_mode="code_faithful", category_weight=0.0)
+    )
     out = _inputs().call(objective, labels=[0, 1], step=100)
     assert out.category.item() == 0.0
     assert out.category_weight == 0.0
@@ -219,7 +227,7 @@ def test_category_term_disabled() -> None:
 
 def test_statistics() -> None:
     inputs = _inputs()
-    out = inputs.call(PretrainObjective(D, top_k=2), labels=[-1, -1], step=0)
+    out = inputs.call(PretrainObjective(D, ObjectiveSettings(top_k=2)), labels=[-1, -1], step=0)
     assert out.num_masked.item() == 12
     target_c = inputs.frame_target.repeat_interleave(C, dim=0)
     torch.testing.assert_close(out.target_std, feature_std(target_c[inputs.mask]))
@@ -241,16 +249,18 @@ def _identity_head(objective: PretrainObjective) -> None:
 def _pseudo_objective(warmup: int, centring: bool) -> PretrainObjective:
     objective = PretrainObjective(
         D,
-        top_k=2,
-        category_weight=1.0,
-        category_ramp_steps=0,
-        num_classes=2,
-        projection_dim=D,
-        pseudo_labels=True,
-        pseudo_label_threshold=0.9,
-        pseudo_label_warmup_steps=warmup,
-        prototype_momentum=0.5,
-        batch_centring=centring,
+        ObjectiveSettings(
+            top_k=2,
+            category_weight=1.0,
+            category_ramp_steps=0,
+            num_classes=2,
+            projection_dim=D,
+            pseudo_labels=True,
+            pseudo_label_threshold=0.9,
+            pseudo_label_warmup_steps=warmup,
+            prototype_momentum=0.5,
+            category_batch_centring=centring,
+        ),
     )
     _identity_head(objective)
     return objective
@@ -324,7 +334,9 @@ def test_pseudo_labels_need_the_teacher_tokens() -> None:
 
 def test_pseudo_labels_need_classes() -> None:
     with pytest.raises(ValueError, match="num_classes"):
-        PretrainObjective(D, top_k=2, category_weight=1.0, pseudo_labels=True, num_classes=1)
+        PretrainObjective(
+            D, ObjectiveSettings(top_k=2, category_weight=1.0, pseudo_labels=True, num_classes=1)
+        )
 
 
 # ------------------------------------------------------------------ collapse guard

@@ -9,9 +9,11 @@ import torch
 from torch import nn
 
 from emotion_ssl import EmotionEncoder, EncoderConfig
+from emotion_ssl.losses import ObjectiveSettings
+from emotion_ssl.models.config import EncoderSettings
 from emotion_ssl.models.encoder import ContextEncoder, _compute_dtype, _keep_unmasked
 from emotion_ssl.models.feature_extractor import conv1d_time_last
-from emotion_ssl.models.masking import compute_span_mask
+from emotion_ssl.models.masking import MaskingSettings, compute_span_mask
 from emotion_ssl.models.transformer import attention_bias
 
 torch.set_num_threads(2)
@@ -114,12 +116,24 @@ def test_compile_option_keeps_weights_and_keys() -> None:
     from emotion_ssl.train.pretrain import PretrainSystem
 
     torch.manual_seed(0)
-    plain = PretrainSystem(preset="tiny", num_clones=2, top_k=2)
+    plain = PretrainSystem(
+        encoder=EncoderSettings(preset="tiny"),
+        masking=MaskingSettings(num_clones=2),
+        objective=ObjectiveSettings(top_k=2),
+    )
     torch.manual_seed(0)
-    compiled = PretrainSystem(preset="tiny", num_clones=2, top_k=2, compile=True)  # lazy
+    compiled = PretrainSystem(
+        encoder=EncoderSettings(preset="tiny"),
+        masking=MaskingSettings(num_clones=2),
+        objective=ObjectiveSettings(top_k=2),
+        compile=True,
+    )  # lazy
     assert plain.state_dict().keys() == compiled.state_dict().keys()
     checkpointed = PretrainSystem(
-        preset="tiny", num_clones=2, top_k=2, activation_checkpointing=True
+        encoder=EncoderSettings(preset="tiny"),
+        masking=MaskingSettings(num_clones=2),
+        objective=ObjectiveSettings(top_k=2),
+        activation_checkpointing=True,
     )
     assert checkpointed.student.context.activation_checkpointing
     assert not checkpointed.teacher.encoder.activation_checkpointing
@@ -129,7 +143,11 @@ def test_lengths_stay_on_the_host_after_transfer() -> None:
     from emotion_ssl.data.batch import AudioBatch
     from emotion_ssl.train.pretrain import PretrainSystem
 
-    system = PretrainSystem(preset="tiny", num_clones=2, top_k=2)
+    system = PretrainSystem(
+        encoder=EncoderSettings(preset="tiny"),
+        masking=MaskingSettings(num_clones=2),
+        objective=ObjectiveSettings(top_k=2),
+    )
     batch = AudioBatch(
         waveforms=torch.zeros(2, 800),
         lengths=torch.tensor([800, 600]),
@@ -166,7 +184,11 @@ def test_fused_adamw_unless_clipping_under_mixed_precision(
 
     from emotion_ssl.train.pretrain import PretrainSystem
 
-    system = PretrainSystem(preset="tiny", num_clones=2, top_k=2)
+    system = PretrainSystem(
+        encoder=EncoderSettings(preset="tiny"),
+        masking=MaskingSettings(num_clones=2),
+        objective=ObjectiveSettings(top_k=2),
+    )
     system.trainer = L.Trainer(
         max_steps=5,
         precision=precision,

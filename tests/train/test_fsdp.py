@@ -36,6 +36,11 @@ SCRIPT = textwrap.dedent(
     from torch.distributed.fsdp import FullyShardedDataParallel
 
     from emotion_ssl.data.pretrain import PretrainDataModule
+    from emotion_ssl.losses import ObjectiveSettings
+    from emotion_ssl.models.config import EncoderSettings
+    from emotion_ssl.models.masking import MaskingSettings
+    from emotion_ssl.models.teacher import TeacherSettings
+    from emotion_ssl.train.optim import OptimSettings
     from emotion_ssl.train.pretrain import PretrainSystem
 
 
@@ -62,7 +67,7 @@ SCRIPT = textwrap.dedent(
 
 
     class Record(L.Callback):
-        # a Trainer callback: runs before the model's TeacherUpdate at every batch end
+        # at every batch end: the update's EMA step (PretrainSystem.optimizer_step) is done
         def __init__(self, out):
             self.out, self.steps = out, []
 
@@ -95,8 +100,12 @@ SCRIPT = textwrap.dedent(
         torch.set_num_threads(1)
         torch.manual_seed(0)  # every rank builds the same model (fresh utterance tokens)
         model = PretrainSystem(
-            preset="tiny", num_clones=2, top_k=2, warmup_steps=1, lr=5e-4, init_from=init_from,
-            ema_decay=decay_start, ema_end_decay=decay_end, ema_anneal_steps=int(anneal),
+            encoder=EncoderSettings("tiny"),
+            masking=MaskingSettings(num_clones=2),
+            teacher=TeacherSettings(decay_start, decay_end, int(anneal)),
+            objective=ObjectiveSettings(top_k=2),
+            optim=OptimSettings(lr=5e-4, warmup_steps=1),
+            init_from=init_from,
         )
         data = PretrainDataModule(manifest, max_tokens=48_000, max_sample_size=24_000)
         trainer = L.Trainer(
@@ -146,13 +155,14 @@ def test_fsdp_two_ranks_move_the_teacher_by_exact_ema_steps(tmp_path: Path) -> N
         # every update: teacher = lerp(teacher, student after the optimizer step, 1 - tau)
         steps = record["steps"]
         assert [s[0] for s in steps] == [1, 2, 3]
-        assert all(torch.equal(steps[0][2][k], v) for k, v in teacher.items())
-        afters = [s[2] for s in steps[1:]] + [record["final_teacher"]]
-        for (step, student, before), after in zip(steps, afters, strict=True):
+        befores = [teacher] + [s[2] for s in steps[:-1]]
+        for (step, student, after), before in zip(steps, befores, strict=True):
             tau = ema_decay_at(step, *DECAY)
             for key, value in after.items():
                 expected = before[key].lerp(student[f"context.{key}"], 1.0 - tau)
                 torch.testing.assert_close(value, expected, rtol=0, atol=1e-7)
+        # a checkpoint of update N would hold the teacher after its N-th EMA step
+        assert all(torch.equal(record["final_teacher"][k], v) for k, v in steps[-1][2].items())
         moved = record["final_teacher"]["blocks.1.attn.qkv.weight"]
         assert not torch.allclose(moved, teacher["blocks.1.attn.qkv.weight"])
 

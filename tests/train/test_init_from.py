@@ -11,13 +11,19 @@ from fairseq_files import tiny_data2vec2_file, tiny_fairseq_file
 
 from emotion_ssl.export.fairseq import AUDIO_PREFIX
 from emotion_ssl.export.frozen import StateDictMismatchError
+from emotion_ssl.losses import ObjectiveSettings
 from emotion_ssl.models import EncoderConfig
+from emotion_ssl.models.config import EncoderSettings
+from emotion_ssl.models.masking import MaskingSettings
+from emotion_ssl.train.optim import OptimSettings
 from emotion_ssl.train.pretrain import PretrainSystem
 
 
 def test_student_decoder_and_teacher_from_a_fairseq_checkpoint(tmp_path: Path) -> None:
     path, encoder = tiny_fairseq_file(tmp_path / "e2v.pt", teacher_shift=0.5)
-    system = PretrainSystem(preset="tiny", top_k=2)
+    system = PretrainSystem(
+        encoder=EncoderSettings(preset="tiny"), objective=ObjectiveSettings(top_k=2)
+    )
     report = system.load_pretrained(str(path))
     assert report == {
         "student": "loaded",
@@ -32,7 +38,9 @@ def test_student_decoder_and_teacher_from_a_fairseq_checkpoint(tmp_path: Path) -
 
 def test_teacher_copies_the_student_without_ema(tmp_path: Path) -> None:
     path, encoder = tiny_fairseq_file(tmp_path / "e2v.pt")
-    system = PretrainSystem(preset="tiny", top_k=2)
+    system = PretrainSystem(
+        encoder=EncoderSettings(preset="tiny"), objective=ObjectiveSettings(top_k=2)
+    )
     assert system.load_pretrained(str(path))["teacher"] == "copied from the student"
     for k, v in encoder.context.state_dict().items():
         assert torch.equal(system.teacher.encoder.state_dict()[k], v), k
@@ -42,7 +50,9 @@ def test_data2vec_checkpoint_gets_fresh_utterance_tokens(tmp_path: Path) -> None
     """emotion2vec was continued from data2vec 2.0 base, which has no utterance tokens."""
     d2v = replace(EncoderConfig.tiny(), num_utterance_tokens=0)
     path, encoder = tiny_fairseq_file(tmp_path / "d2v.pt", d2v, teacher_shift=0.1)
-    system = PretrainSystem(preset="tiny", top_k=2)
+    system = PretrainSystem(
+        encoder=EncoderSettings(preset="tiny"), objective=ObjectiveSettings(top_k=2)
+    )
     fresh = system.student.context.utterance_tokens.detach().clone()
     report = system.load_pretrained(str(path))
     assert report["utterance_tokens"] == "fresh (the source has none)"
@@ -55,7 +65,10 @@ def test_data2vec_checkpoint_gets_fresh_utterance_tokens(tmp_path: Path) -> None
 
 def test_architecture_mismatch_is_an_error(tmp_path: Path) -> None:
     path, _ = tiny_fairseq_file(tmp_path / "e2v.pt")
-    system = PretrainSystem(preset="tiny", encoder_overrides={"depth": 3}, top_k=2)
+    system = PretrainSystem(
+        encoder=EncoderSettings(preset="tiny", overrides={"depth": 3}),
+        objective=ObjectiveSettings(top_k=2),
+    )
     with pytest.raises(ValueError, match=r"architecture differs .*depth: 3 vs 2"):
         system.load_pretrained(str(path))
 
@@ -63,7 +76,8 @@ def test_architecture_mismatch_is_an_error(tmp_path: Path) -> None:
 def test_training_settings_may_differ(tmp_path: Path) -> None:
     path, _ = tiny_fairseq_file(tmp_path / "e2v.pt")
     system = PretrainSystem(
-        preset="tiny", encoder_overrides={"dropout": 0.0, "layerdrop": 0.0}, top_k=2
+        encoder=EncoderSettings(preset="tiny", overrides={"dropout": 0.0, "layerdrop": 0.0}),
+        objective=ObjectiveSettings(top_k=2),
     )
     assert system.load_pretrained(str(path))["student"] == "loaded"
 
@@ -94,7 +108,13 @@ def test_init_from_applies_when_fit_starts_not_when_resuming(tmp_path: Path) -> 
             max_steps=steps, logger=False, enable_progress_bar=False, default_root_dir=tmp_path
         )
 
-    system = PretrainSystem(preset="tiny", top_k=2, num_clones=2, init_from=str(path), lr=0.0)
+    system = PretrainSystem(
+        encoder=EncoderSettings(preset="tiny"),
+        masking=MaskingSettings(num_clones=2),
+        objective=ObjectiveSettings(top_k=2),
+        optim=OptimSettings(lr=0.0),
+        init_from=str(path),
+    )
     first = trainer(1)
     first.fit(system, batches())
     # lr 0: the student still holds exactly the imported weights after one update
@@ -103,7 +123,13 @@ def test_init_from_applies_when_fit_starts_not_when_resuming(tmp_path: Path) -> 
     ckpt = tmp_path / "one.ckpt"
     first.save_checkpoint(ckpt)
     path.unlink()  # resuming must not need the init_from file any more
-    resumed = PretrainSystem(preset="tiny", top_k=2, num_clones=2, init_from=str(path), lr=0.0)
+    resumed = PretrainSystem(
+        encoder=EncoderSettings(preset="tiny"),
+        masking=MaskingSettings(num_clones=2),
+        objective=ObjectiveSettings(top_k=2),
+        optim=OptimSettings(lr=0.0),
+        init_from=str(path),
+    )
     trainer(2).fit(resumed, batches(), ckpt_path=ckpt)
     assert torch.equal(
         resumed.student.context.blocks[0].attn.qkv.weight, encoder.context.blocks[0].attn.qkv.weight
@@ -115,7 +141,10 @@ def test_data2vec2_layout_maps_blocks_into_prenet_and_shared(tmp_path: Path) -> 
     """data2vec 2.0's blocks.0..1 -> prenet 0..1 and blocks.2..3 -> shared 0..1 here (base:
     blocks.0..3 -> prenet, 4..11 -> shared); teacher from `_ema`, utterance tokens fresh."""
     path, file = tiny_data2vec2_file(tmp_path / "d2v.pt", depth=4, teacher_shift=0.25)
-    system = PretrainSystem(preset="tiny", encoder_overrides={"prenet_depth": 2}, top_k=2)
+    system = PretrainSystem(
+        encoder=EncoderSettings(preset="tiny", overrides={"prenet_depth": 2}),
+        objective=ObjectiveSettings(top_k=2),
+    )
     fresh = system.student.context.utterance_tokens.detach().clone()
     report = system.load_pretrained(str(path))
     assert report == {
@@ -155,7 +184,9 @@ def test_data2vec2_teacher_of_shared_blocks_only(tmp_path: Path) -> None:
     """`ema_encoder_only`: `_ema` holds the blocks alone; they are renumbered like the
     student's, everything else of the teacher comes from the student."""
     path, file = tiny_data2vec2_file(tmp_path / "d2v.pt", teacher_shift=0.25, ema_encoder_only=True)
-    system = PretrainSystem(preset="tiny", top_k=2)  # 1 prenet + 2 shared from 3 blocks
+    system = PretrainSystem(
+        encoder=EncoderSettings(preset="tiny"), objective=ObjectiveSettings(top_k=2)
+    )  # 1 prenet + 2 shared from 3 blocks
     system.load_pretrained(str(path))
     teacher = system.teacher.encoder
     assert torch.equal(teacher.prenet[0].mlp.fc1.weight, file["_ema"]["0.mlp.fc1.weight"])
@@ -165,7 +196,9 @@ def test_data2vec2_teacher_of_shared_blocks_only(tmp_path: Path) -> None:
 
 def test_data2vec2_missing_block_key_is_named_in_the_files_numbering(tmp_path: Path) -> None:
     path, _ = tiny_data2vec2_file(tmp_path / "d2v.pt", drop=("blocks.0.attn.qkv.bias",))
-    system = PretrainSystem(preset="tiny", top_k=2)
+    system = PretrainSystem(
+        encoder=EncoderSettings(preset="tiny"), objective=ObjectiveSettings(top_k=2)
+    )
     with pytest.raises(
         StateDictMismatchError, match=r"missing keys \['context.blocks.0.attn.qkv.bias'\]"
     ):
@@ -191,7 +224,13 @@ def test_data2vec2_init_from_starts_training(tmp_path: Path) -> None:
             torch.stack(w), torch.tensor([12000] * len(w)), torch.full((len(w),), -1), ["a", "b"]
         ),
     )
-    system = PretrainSystem(preset="tiny", top_k=2, num_clones=2, init_from=str(path), lr=0.0)
+    system = PretrainSystem(
+        encoder=EncoderSettings(preset="tiny"),
+        masking=MaskingSettings(num_clones=2),
+        objective=ObjectiveSettings(top_k=2),
+        optim=OptimSettings(lr=0.0),
+        init_from=str(path),
+    )
     L.Trainer(
         max_steps=1,
         logger=False,

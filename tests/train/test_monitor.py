@@ -21,6 +21,9 @@ from two_ranks import run_script
 from emotion_ssl.data.manifest import ManifestEntry, read_manifest, write_manifest
 from emotion_ssl.data.pretrain import PretrainDataModule
 from emotion_ssl.demo.corpus import write_synthetic_corpus
+from emotion_ssl.losses import ObjectiveSettings
+from emotion_ssl.models.config import EncoderSettings
+from emotion_ssl.models.masking import MaskingSettings
 from emotion_ssl.train.monitor import (
     RepresentationMonitor,
     clip_statistics,
@@ -31,6 +34,7 @@ from emotion_ssl.train.monitor import (
     select_entries,
     variance_ratio,
 )
+from emotion_ssl.train.optim import OptimSettings
 from emotion_ssl.train.pretrain import PretrainSystem
 
 
@@ -206,7 +210,12 @@ def tiny_run(tmp_path: Path, callbacks: list[L.Callback], steps: int = 4):
         tmp_path / "train", num_files=8, seed=5, min_seconds=0.6, max_seconds=1.4
     )
     torch.manual_seed(0)
-    system = PretrainSystem(preset="tiny", num_clones=2, top_k=2, warmup_steps=1, lr=5e-4)
+    system = PretrainSystem(
+        encoder=EncoderSettings(preset="tiny"),
+        masking=MaskingSettings(num_clones=2),
+        objective=ObjectiveSettings(top_k=2),
+        optim=OptimSettings(warmup_steps=1, lr=5e-4),
+    )
     data = PretrainDataModule(
         str(train), max_tokens=48_000, max_sample_size=24_000, backend="torch", decoder="soundfile"
     )
@@ -273,7 +282,12 @@ def test_tiny_pretraining_run_writes_and_logs_the_monitor(tmp_path: Path) -> Non
     assert monitor.state_dict()["rows"][-1]["step"] == 5.0
     # the update-0 row is the untrained student: the same numbers from a fresh one
     torch.manual_seed(0)
-    fresh = PretrainSystem(preset="tiny", num_clones=2, top_k=2, warmup_steps=1, lr=5e-4)
+    fresh = PretrainSystem(
+        encoder=EncoderSettings(preset="tiny"),
+        masking=MaskingSettings(num_clones=2),
+        objective=ObjectiveSettings(top_k=2),
+        optim=OptimSettings(warmup_steps=1, lr=5e-4),
+    )
     for key, value in monitor.evaluate(fresh).items():
         assert float(rows[0][key]) == pytest.approx(value, rel=1e-6, abs=1e-9), key
 

@@ -4,6 +4,7 @@ non-finite handling and atomic checkpoints."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -11,20 +12,34 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from emotion_ssl.data.batch import AudioBatch
+from emotion_ssl.losses import CollapseGuard, NonFiniteGuard, NonFiniteLossError, ObjectiveSettings
+from emotion_ssl.models.config import EncoderSettings
+from emotion_ssl.models.masking import MaskingSettings
+from emotion_ssl.models.teacher import TeacherSettings
 from emotion_ssl.train.checkpoint import atomic_torch_save
-from emotion_ssl.train.pretrain import NonFiniteLossError, PretrainSystem
+from emotion_ssl.train.optim import OptimSettings
+from emotion_ssl.train.pretrain import PretrainSystem
 
 
-def tiny_system(**kwargs) -> PretrainSystem:
+def tiny_system(**settings: Any) -> PretrainSystem:
+    """The tiny encoder, 4 clones, top-2 targets, 1 warm-up update; `settings` replace groups."""
     torch.manual_seed(0)
-    defaults = dict(preset="tiny", num_clones=4, top_k=2, warmup_steps=1)
-    defaults.update(kwargs)
-    return PretrainSystem(**defaults)
+    return PretrainSystem(
+        **{
+            "encoder": EncoderSettings("tiny"),
+            "masking": MaskingSettings(num_clones=4),
+            "objective": ObjectiveSettings(top_k=2),
+            "optim": OptimSettings(warmup_steps=1),
+            **settings,
+        }
+    )
 
 
 def test_student_transformer_sees_only_unmasked_frames() -> None:
     # no layerdrop, so the hooked block always runs
-    system = tiny_system(encoder_overrides={"layerdrop": 0.0, "prenet_layerdrop": 0.0})
+    system = tiny_system(
+        encoder=EncoderSettings("tiny", {"layerdrop": 0.0, "prenet_layerdrop": 0.0})
+    )
     seen: list[tuple[int, ...]] = []
     for context in (system.student.context, system.teacher.encoder):
         context.prenet[0].register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
@@ -101,7 +116,7 @@ def _collate(waves: list[torch.Tensor]) -> AudioBatch:
 
 
 def test_one_ema_step_per_optimizer_update_with_accumulation(tmp_path: Path) -> None:
-    system = tiny_system(ema_decay=0.9, ema_end_decay=0.9)
+    system = tiny_system(teacher=TeacherSettings(decay_start=0.9, decay_end=0.9))
     calls: list[int] = []
     original = system.teacher.update
 
@@ -125,7 +140,7 @@ def test_one_ema_step_per_optimizer_update_with_accumulation(tmp_path: Path) -> 
 
 
 def test_nonfinite_loss_skips_then_stops() -> None:
-    system = tiny_system(max_nonfinite_in_row=3)
+    system = tiny_system(nonfinite=NonFiniteGuard(max_in_row=3))
     bad = AudioBatch(
         waveforms=torch.full((2, 8000), float("nan")),
         lengths=torch.tensor([8000, 8000]),
@@ -205,7 +220,7 @@ def _fit(system: PretrainSystem, data: _Clips, steps: int, *callbacks: L.Callbac
 
 
 def test_nonfinite_update_is_skipped_on_the_device_by_the_fused_optimizer() -> None:
-    system = tiny_system(max_nonfinite_in_row=3, collapse_check_every=1)
+    system = tiny_system(nonfinite=NonFiniteGuard(max_in_row=3, check_every=1))
     snapshots = _Snapshots()
     trainer = _fit(system, _NaNAt(8, bad={1}), 4, snapshots)
     optimizer = trainer.optimizers[0]
@@ -222,7 +237,7 @@ def test_nonfinite_update_is_skipped_on_the_device_by_the_fused_optimizer() -> N
 
 def test_nonfinite_losses_in_a_row_stop_at_the_next_check() -> None:
     # NaN batches at steps 1 and 2; counts are read at steps 0, 2, 4...: step 2 sees the run
-    system = tiny_system(max_nonfinite_in_row=2, collapse_check_every=2)
+    system = tiny_system(nonfinite=NonFiniteGuard(max_in_row=2, check_every=2))
     with pytest.raises(NonFiniteLossError, match="2 consecutive non-finite losses by step 2"):
         _fit(system, _NaNAt(12, bad={1, 2}), 6)
 
@@ -272,7 +287,11 @@ def test_training_step_never_waits_for_the_device() -> None:
                 recorder.__exit__(None, None, None)
 
     system = tiny_system(
-        category_weight=1.0, num_classes=2, category_ramp_steps=0, collapse_check_every=1000
+        objective=ObjectiveSettings(
+            top_k=2, category_weight=1.0, num_classes=2, category_ramp_steps=0
+        ),
+        collapse=CollapseGuard(check_every=1000),
+        nonfinite=NonFiniteGuard(check_every=1000),
     )
     data = _Clips(8)
     _fit(system, data, 3, Record())
@@ -280,8 +299,9 @@ def test_training_step_never_waits_for_the_device() -> None:
 
 
 def test_ema_anneal_over_the_whole_run() -> None:
-    """ema_anneal_steps=-1: the decay rises from start to end over the trainer's max_steps."""
-    system = tiny_system(ema_decay=0.9, ema_end_decay=0.99, ema_anneal_steps=-1)
+    """teacher.anneal_steps=-1: the decay rises from start to end over the trainer's
+    max_steps."""
+    system = tiny_system(teacher=TeacherSettings(decay_start=0.9, decay_end=0.99, anneal_steps=-1))
     decays: list[float] = []
 
     class Decays(L.Callback):
