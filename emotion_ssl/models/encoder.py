@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from einops import reduce
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -73,12 +74,14 @@ class EncoderOutput:
 
 
 def masked_mean(x: Tensor, padding_mask: Tensor | None) -> Tensor:
-    """Mean over dim 1 of x (B, T, D) ignoring padded frames -> (B, D)."""
+    """Mean over time of x (B, T, D) ignoring padded frames -> (B, D); padding_mask: (B, T)
+    True = padding, or None."""
     if padding_mask is None:
-        return x.mean(dim=1)
-    keep = (~padding_mask).unsqueeze(-1).to(x.dtype)
-    summed = x.masked_fill(padding_mask.unsqueeze(-1), 0.0).sum(dim=1)
-    return summed / keep.sum(dim=1).clamp_min(1.0)
+        return reduce(x, "b t d -> b d", "mean")
+    keep = (~padding_mask).unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+    # masked_fill, not a product: inf or NaN in padding must not reach the mean
+    summed = reduce(x.masked_fill(padding_mask.unsqueeze(-1), 0.0), "b t d -> b d", "sum")
+    return summed / reduce(keep, "b t 1 -> b 1", "sum").clamp_min(1.0)
 
 
 class ContextEncoder(nn.Module):

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from emotion_ssl.models.encoder import masked_mean
+
 Pooling = Literal["mean", "attentive"]
 
 
@@ -56,9 +58,7 @@ class ClassificationHead(nn.Module):
         if padding_mask is None:
             padding_mask = torch.zeros(frames.shape[:2], dtype=torch.bool, device=frames.device)
         if self.attention is None:
-            keep = (~padding_mask).unsqueeze(-1).to(frames.dtype)
-            summed = frames.masked_fill(padding_mask.unsqueeze(-1), 0.0).sum(dim=1)
-            return summed / keep.sum(dim=1).clamp_min(1.0)
+            return masked_mean(frames, padding_mask)
         scores = self.attention(frames).squeeze(-1).float()  # (B, T)
         weights = F.softmax(scores.masked_fill(padding_mask, float("-inf")), dim=1)
         return (

@@ -7,6 +7,7 @@ from typing import cast
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from emotion_ssl.models.feature_extractor import conv1d_time_last
@@ -71,9 +72,9 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, bias: Tensor) -> Tensor:
         """x: (B, L, D); bias: (B or 1, H, L, L) -> (B, L, D)"""
-        B, L, D = x.shape
-        qkv = self.qkv(x).view(B, L, 3, self.num_heads, D // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, D/H)
+        # packed rows [q; k; v], each split into H heads of D/H channels
+        qkv = rearrange(self.qkv(x), "b l (three h e) -> three b h l e", three=3, h=self.num_heads)
+        q, k, v = qkv.unbind(0)  # each (B, H, L, D/H)
         out = F.scaled_dot_product_attention(
             q,
             k,
@@ -81,7 +82,7 @@ class Attention(nn.Module):
             attn_mask=bias.to(q.dtype),  # a no-op when the encoder built it in q's dtype
             dropout_p=self.attention_dropout if self.training else 0.0,
         )
-        out = out.transpose(1, 2).reshape(B, L, D)
+        out = rearrange(out, "b h l e -> b l (h e)")  # heads side by side again
         return self.proj_dropout(self.proj(out))
 
 
