@@ -32,8 +32,6 @@ version: transcendental functions may differ in the last bit elsewhere). About 5
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -48,6 +46,7 @@ from emotion_ssl.data.manifest import (
     write_manifest,
     write_text_atomically,
 )
+from emotion_ssl.utils.outputs import atomic_write
 
 EMOTIONS: tuple[str, ...] = ("neu", "hap", "ang", "sad", "fea")
 """Category labels (the project's three-letter codes): neutral, happy, angry, sad, fearful."""
@@ -622,14 +621,8 @@ def assign_speakers(
 
 
 def _write_wav_atomically(path: Path, waveform: np.ndarray, sample_rate: int) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".wav")
-    os.close(fd)
-    try:
-        sf.write(tmp_name, waveform, sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, suffix=".wav", sync=False) as tmp:  # a generated file: no fsync
+        sf.write(tmp, waveform, sample_rate, subtype="PCM_16", format="WAV")
 
 
 def _clip_plan(spec: CorpusSpec, speaker_index: int) -> list[tuple[str, str, int]]:

@@ -37,7 +37,7 @@ from emotion_ssl.data.audio import AudioReadError, load_audio, resampled_length
 from emotion_ssl.data.manifest import ManifestEntry
 from emotion_ssl.models.config import SAMPLE_RATE
 from emotion_ssl.models.encoder import EmotionEncoder, masked_mean
-from emotion_ssl.utils.outputs import OutputDir, claim_output_dir, tensors_identity
+from emotion_ssl.utils.outputs import OutputDir, atomic_write, claim_output_dir, tensors_identity
 
 if TYPE_CHECKING:
     from emotion_ssl.export.ort import OrtBatchEncoder
@@ -347,9 +347,8 @@ class FeatureWriter:
             for key, feats, _ in self._pending
             for kind, a in feats.items()
         }
-        tmp = path.with_name(f".{name}.tmp")
-        save_file(tensors, str(tmp))
-        tmp.replace(path)
+        with atomic_write(path) as tmp:
+            save_file(tensors, str(tmp))
         self._append_index(
             [{"key": key, "shard": f"shards/{name}", **info} for key, _, info in self._pending]
         )

@@ -53,6 +53,7 @@ from emotion_ssl.export import onnx as onnx_export
 from emotion_ssl.models import encoder as encoder_module
 from emotion_ssl.models import feature_extractor, transformer
 from emotion_ssl.models.encoder import EmotionEncoder
+from emotion_ssl.utils.outputs import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -130,14 +131,10 @@ def cached_onnx(
         return path, key
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    temporary = folder / f".{path.name}.{os.getpid()}.tmp"
-    try:
+    with atomic_write(path, suffix=".onnx") as temporary:
         onnx_export.export_onnx(
             encoder, temporary, opset=OPSET, layer=layer, metadata={"graph_key": key}
         )
-        temporary.replace(path)
-    finally:
-        temporary.unlink(missing_ok=True)
     logger.info("onnxruntime: exported %s in %.0f s", path, time.perf_counter() - start)
     return path, key
 

@@ -237,12 +237,13 @@ def make_readable(path: str | Path) -> None:
 
 
 @contextmanager
-def atomic_write(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+def atomic_write(path: str | Path, suffix: str = ".tmp", sync: bool = True) -> Iterator[Path]:
     """Write a file so that a crash never leaves half of it: yields a temporary path beside
     `path` (`.NAME.XXXXXXXX` + `suffix`; give the real extension when the writer infers the
     format from it); on success the temporary is flushed to disk, given the mode the user's
     umask gives new files and moved onto `path` (`os.replace`); on any error it is removed
     and the previous file at `path` stays as it was. The one atomic writer of the package.
+    sync=False skips the flush to disk, for many small files that are cheap to write again.
 
     >>> with atomic_write("out/config.json") as tmp:  # doctest: +SKIP
     ...     tmp.write_text("{}")
@@ -254,8 +255,9 @@ def atomic_write(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        with open(tmp, "rb") as f:  # on disk before the rename: no empty file after a crash
-            os.fsync(f.fileno())
+        if sync:
+            with open(tmp, "rb") as f:  # on disk before the rename: no empty file after a crash
+                os.fsync(f.fileno())
         make_readable(tmp)
         os.replace(tmp, path)
     except BaseException:
