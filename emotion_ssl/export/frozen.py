@@ -227,6 +227,7 @@ def read_lightning_checkpoint(
         return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
     if "head_config" in hparams:  # a FinetuneSystem checkpoint: encoder + head + labels
+        freeze = hparams.get("freeze")  # settings (`freeze.mode`); a string before them
         return PretrainedWeights(
             path=str(path),
             config=config,
@@ -238,7 +239,7 @@ def read_lightning_checkpoint(
             metadata={
                 "global_step": ckpt.get("global_step"),
                 "fine-tuned from": hparams.get("encoder"),
-                "freeze": hparams.get("freeze"),
+                "freeze": freeze.get("mode") if isinstance(freeze, Mapping) else freeze,
             },
         )
     encoder = hparams.get("encoder")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightning as L
@@ -13,12 +14,54 @@ from torch import Tensor, nn
 
 from emotion_ssl.data.batch import AudioBatch
 from emotion_ssl.export.frozen import build_encoder, read_weights
+from emotion_ssl.models.config import SettingsError
 from emotion_ssl.models.heads import ClassificationHead, Pooling
 from emotion_ssl.train.callbacks import run_folder
 from emotion_ssl.train.metrics import classification_scores, plot_confusion
 from emotion_ssl.train.optim import warmup_cosine
+from emotion_ssl.train.settings import settings_copy, settings_dict
 
 Freeze = Literal["all", "top", "none"]
+
+
+@dataclass
+class FreezeSettings:
+    """Which parts of the pretrained encoder train with the head."""
+
+    mode: Freeze = "top"
+    """"all" = only the head trains; "top" = the head and the top `trainable_blocks`
+    transformer blocks; "none" = everything (but the CNN when `freeze_cnn`)."""
+
+    trainable_blocks: int = 4
+    """With mode "top", how many blocks (from the top) train."""
+
+    freeze_cnn: bool = True
+    """Keep the CNN feature extractor frozen with mode "none"."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("all", "top", "none"):
+            raise SettingsError(f"freeze.mode must be 'all', 'top' or 'none', got {self.mode!r}")
+
+
+@dataclass
+class FinetuneOptimSettings:
+    """AdamW with layer-wise learning rates, linear warm-up, then cosine decay to 0."""
+
+    lr: float = 1e-3
+    """Learning rate of the head."""
+
+    encoder_lr: float = 5e-5
+    """Learning rate of the top block; each block below gets `layer_decay` times the one
+    above it (layer-wise decay)."""
+
+    layer_decay: float = 0.8
+    """Factor between the learning rates of neighbouring blocks."""
+
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+
+    warmup_steps: int = 100
+    """Linear warm-up updates (at most the whole run)."""
 
 
 class FinetuneSystem(L.LightningModule):
@@ -29,15 +72,10 @@ class FinetuneSystem(L.LightningModule):
             `pretrain` checkpoint).
         label_names: class names (the data module supplies them through the CLI).
         pooling: "mean" or "attentive" pooling of the frames.
-        freeze: "all" = only the head trains; "top" = the head and the top
-            `trainable_blocks` transformer blocks; "none" = everything (but the CNN when
-            `freeze_cnn`).
-        trainable_blocks: with freeze="top", how many blocks (from the top) train.
-        freeze_cnn: keep the CNN feature extractor frozen when fine-tuning "none".
-        lr: head learning rate; encoder_lr: learning rate of the top block, each block
-            below gets `layer_decay` times the one above (layer-wise decay).
+        head_dropout: dropout on the pooled vector before the head's linear layer.
+        freeze: which parts of the encoder train.
+        optim: learning rates (layer-wise for the encoder), weight decay, warm-up.
         class_balanced: weight the loss by inverse class frequency of the training data.
-        warmup_steps: linear warm-up, then cosine decay to 0 at the last step.
     """
 
     def __init__(
@@ -45,23 +83,27 @@ class FinetuneSystem(L.LightningModule):
         encoder: str,
         label_names: list[str] | None = None,
         pooling: Pooling = "mean",
-        freeze: Freeze = "top",
-        trainable_blocks: int = 4,
-        freeze_cnn: bool = True,
         head_dropout: float = 0.1,
-        lr: float = 1e-3,
-        encoder_lr: float = 5e-5,
-        layer_decay: float = 0.8,
-        weight_decay: float = 0.01,
+        freeze: FreezeSettings = FreezeSettings(),
+        optim: FinetuneOptimSettings = FinetuneOptimSettings(),
         class_balanced: bool = False,
-        warmup_steps: int = 100,
     ) -> None:
         super().__init__()
         if not label_names or len(label_names) < 2:
             raise ValueError(f"label_names needs at least 2 classes, got {label_names}")
-        if freeze not in ("all", "top", "none"):
-            raise ValueError(f"freeze must be 'all', 'top' or 'none', got {freeze!r}")
-        self.save_hyperparameters()
+        self.freezing = settings_copy(FreezeSettings, freeze)
+        self.optim = settings_copy(FinetuneOptimSettings, optim)
+        self.save_hyperparameters(
+            {
+                "encoder": encoder,
+                "label_names": list(label_names),
+                "pooling": pooling,
+                "head_dropout": head_dropout,
+                "freeze": settings_dict(self.freezing),
+                "optim": settings_dict(self.optim),
+                "class_balanced": class_balanced,
+            }
+        )
         weights = read_weights(encoder)
         self.encoder = build_encoder(weights)
         self.encoder_config = weights.config
@@ -70,13 +112,6 @@ class FinetuneSystem(L.LightningModule):
             weights.config.embed_dim, len(label_names), pooling, head_dropout
         )
         self.hparams["head_config"] = self.head.config
-        self.freeze_mode, self.trainable_blocks, self.freeze_cnn = (
-            freeze,
-            trainable_blocks,
-            freeze_cnn,
-        )
-        self.lr, self.encoder_lr, self.layer_decay = lr, encoder_lr, layer_decay
-        self.weight_decay, self.warmup_steps = weight_decay, warmup_steps
         self.class_balanced = class_balanced
         self.register_buffer("class_weights", torch.ones(len(label_names)), persistent=False)
         self._frozen = self._apply_freezing()
@@ -95,25 +130,25 @@ class FinetuneSystem(L.LightningModule):
 
     def _apply_freezing(self) -> list[nn.Module]:
         """Set requires_grad; returns the frozen modules (they stay in eval mode)."""
-        blocks = self.blocks()
-        if self.freeze_mode == "all":
+        blocks, f = self.blocks(), self.freezing
+        if f.mode == "all":
             trainable: list[nn.Module] = []
-        elif self.freeze_mode == "top":
-            if not 1 <= self.trainable_blocks <= len(blocks):
+        elif f.mode == "top":
+            if not 1 <= f.trainable_blocks <= len(blocks):
                 raise ValueError(
-                    f"trainable_blocks={self.trainable_blocks} not in [1, {len(blocks)}]"
+                    f"freeze.trainable_blocks={f.trainable_blocks} not in [1, {len(blocks)}]"
                 )
-            trainable = blocks[-self.trainable_blocks :]
+            trainable = blocks[-f.trainable_blocks :]
         else:
             trainable = [
                 m
                 for m in self.encoder.children()
-                if not (self.freeze_cnn and m is self.encoder.feature_extractor)
+                if not (f.freeze_cnn and m is self.encoder.feature_extractor)
             ]
         self.encoder.requires_grad_(False)
         for module in trainable:
             module.requires_grad_(True)
-        if self.freeze_mode == "none" and not self.freeze_cnn:
+        if f.mode == "none" and not f.freeze_cnn:
             self.encoder.requires_grad_(True)
         frozen = [
             m for m in self._leaf_groups() if not any(p.requires_grad for p in m.parameters())
@@ -221,7 +256,7 @@ class FinetuneSystem(L.LightningModule):
         """Head at `lr`; block k from the top at encoder_lr * layer_decay**k; the rest of the
         encoder below the lowest block."""
         groups: list[dict[str, Any]] = [
-            {"params": list(self.head.parameters()), "lr": self.lr, "name": "head"}
+            {"params": list(self.head.parameters()), "lr": self.optim.lr, "name": "head"}
         ]
         blocks = self.blocks()
         seen: set[int] = set()
@@ -232,7 +267,7 @@ class FinetuneSystem(L.LightningModule):
                 groups.append(
                     {
                         "params": params,
-                        "lr": self.encoder_lr * self.layer_decay**depth,
+                        "lr": self.optim.encoder_lr * self.optim.layer_decay**depth,
                         "name": f"block_{len(blocks) - 1 - depth}",
                     }
                 )
@@ -241,7 +276,7 @@ class FinetuneSystem(L.LightningModule):
             groups.append(
                 {
                     "params": rest,
-                    "lr": self.encoder_lr * self.layer_decay ** len(blocks),
+                    "lr": self.optim.encoder_lr * self.optim.layer_decay ** len(blocks),
                     "name": "encoder_rest",
                 }
             )
@@ -251,9 +286,9 @@ class FinetuneSystem(L.LightningModule):
         groups = self.parameter_groups()
         for group in groups:
             group["initial_lr"] = group["lr"]
-        optimizer = torch.optim.AdamW(groups, weight_decay=self.weight_decay)
+        optimizer = torch.optim.AdamW(groups, weight_decay=self.optim.weight_decay)
         total = int(self.trainer.estimated_stepping_batches)
-        scheduler = warmup_cosine(optimizer, self.warmup_steps, total)
+        scheduler = warmup_cosine(optimizer, self.optim.warmup_steps, total)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

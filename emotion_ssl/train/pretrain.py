@@ -7,13 +7,12 @@ objective compares; after the optimizer update the teacher takes its EMA step.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import time
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -41,6 +40,7 @@ from emotion_ssl.models.masking import (
 )
 from emotion_ssl.models.teacher import EMATeacher, TeacherSettings, full_parameters
 from emotion_ssl.train.optim import OptimSettings, warmup_cosine
+from emotion_ssl.train.settings import settings_copy, settings_dict
 
 if TYPE_CHECKING:
     from emotion_ssl.data.batch import AudioBatch
@@ -96,20 +96,6 @@ class StepOutput:
         return R * K - int(self.kept_padding.sum())
 
 
-S = TypeVar("S")
-
-
-def _settings(kind: type[S], value: S | dict[str, Any]) -> S:
-    """A copy of a settings dataclass (the signature's defaults are shared instances), also
-    from the plain dict a checkpoint's hyper-parameters hold (`load_from_checkpoint`)."""
-    return kind(**value) if isinstance(value, dict) else dataclasses.replace(value)  # type: ignore[type-var]
-
-
-def _plain(settings: Any) -> dict[str, Any]:
-    """A settings dataclass's constructor arguments as a dict (its state left out)."""
-    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.init}
-
-
 class PretrainSystem(L.LightningModule):
     """Teacher-student online distillation (emotion2vec / data2vec 2.0).
 
@@ -152,13 +138,13 @@ class PretrainSystem(L.LightningModule):
         activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        encoder = _settings(EncoderSettings, encoder)
-        self.masking = _settings(MaskingSettings, masking)
-        self.teacher_settings = _settings(TeacherSettings, teacher)
-        objective = _settings(ObjectiveSettings, objective)
-        self.collapse = _settings(CollapseGuard, collapse)
-        self.nonfinite = _settings(NonFiniteGuard, nonfinite)  # counts this run's losses
-        self.optim = _settings(OptimSettings, optim)
+        encoder = settings_copy(EncoderSettings, encoder)
+        self.masking = settings_copy(MaskingSettings, masking)
+        self.teacher_settings = settings_copy(TeacherSettings, teacher)
+        objective = settings_copy(ObjectiveSettings, objective)
+        self.collapse = settings_copy(CollapseGuard, collapse)
+        self.nonfinite = settings_copy(NonFiniteGuard, nonfinite)  # counts this run's losses
+        self.optim = settings_copy(OptimSettings, optim)
         self.seed, self.init_from = seed, init_from
         self.config: EncoderConfig = encoder.resolve()
         if objective.top_k > self.config.depth:
@@ -177,7 +163,7 @@ class PretrainSystem(L.LightningModule):
         # plain dicts: a checkpoint then loads with torch.load(weights_only=True)
         self.save_hyperparameters(
             {
-                **{name: _plain(group) for name, group in groups.items()},
+                **{name: settings_dict(group) for name, group in groups.items()},
                 "seed": seed,
                 "init_from": init_from,
                 "compile": compile,

@@ -18,7 +18,8 @@ from emotion_ssl.data.manifest import entry_from_audio_file, write_manifest
 from emotion_ssl.export import load_classifier, save_encoder_dir
 from emotion_ssl.export.weights import PretrainedWeights
 from emotion_ssl.models import EmotionEncoder, EncoderConfig
-from emotion_ssl.train.finetune import FinetuneSystem
+from emotion_ssl.train.finetune import FinetuneOptimSettings as Optim
+from emotion_ssl.train.finetune import FinetuneSystem, FreezeSettings
 
 LABELS = ["low", "high"]
 
@@ -85,7 +86,9 @@ def changed(before: dict[str, torch.Tensor], module: torch.nn.Module) -> set[str
 
 
 def test_frozen_encoder_only_the_head_changes(encoder_dir: Path, tmp_path: Path) -> None:
-    system = FinetuneSystem(str(encoder_dir), LABELS, freeze="all", warmup_steps=0)
+    system = FinetuneSystem(
+        str(encoder_dir), LABELS, freeze=FreezeSettings("all"), optim=Optim(warmup_steps=0)
+    )
     encoder_before, head_before = snapshot(system.encoder), snapshot(system.head)
     modes: list[bool] = []
     dropout = system.encoder.context.blocks[-1].post_mlp_dropout
@@ -98,7 +101,10 @@ def test_frozen_encoder_only_the_head_changes(encoder_dir: Path, tmp_path: Path)
 
 def test_partial_freezing_trains_exactly_the_top_blocks(encoder_dir: Path, tmp_path: Path) -> None:
     system = FinetuneSystem(
-        str(encoder_dir), LABELS, freeze="top", trainable_blocks=2, warmup_steps=0, encoder_lr=1e-3
+        str(encoder_dir),
+        LABELS,
+        freeze=FreezeSettings("top", trainable_blocks=2),
+        optim=Optim(warmup_steps=0, encoder_lr=1e-3),
     )
     before = snapshot(system.encoder)
     fit(system, tmp_path, 3)
@@ -110,7 +116,10 @@ def test_partial_freezing_trains_exactly_the_top_blocks(encoder_dir: Path, tmp_p
 
 def test_full_finetuning_keeps_the_cnn_frozen(encoder_dir: Path, tmp_path: Path) -> None:
     system = FinetuneSystem(
-        str(encoder_dir), LABELS, freeze="none", warmup_steps=0, encoder_lr=1e-3
+        str(encoder_dir),
+        LABELS,
+        freeze=FreezeSettings("none"),
+        optim=Optim(warmup_steps=0, encoder_lr=1e-3),
     )
     before = snapshot(system.encoder)
     fit(system, tmp_path, 3)
@@ -125,7 +134,10 @@ def test_full_finetuning_keeps_the_cnn_frozen(encoder_dir: Path, tmp_path: Path)
 
 def test_layer_wise_learning_rates(encoder_dir: Path) -> None:
     system = FinetuneSystem(
-        str(encoder_dir), LABELS, freeze="none", lr=1e-3, encoder_lr=1e-4, layer_decay=0.5
+        str(encoder_dir),
+        LABELS,
+        freeze=FreezeSettings("none"),
+        optim=Optim(lr=1e-3, encoder_lr=1e-4, layer_decay=0.5),
     )
     lrs = {g["name"]: g["lr"] for g in system.parameter_groups()}
     # tiny: blocks 0 (prenet), 1, 2 (shared); the top block gets encoder_lr
@@ -139,10 +151,8 @@ def test_a_small_set_is_overfitted(encoder_dir: Path, tmp_path: Path) -> None:
     system = FinetuneSystem(
         str(encoder_dir),
         LABELS,
-        freeze="none",
-        lr=3e-3,
-        encoder_lr=1e-3,
-        warmup_steps=0,
+        freeze=FreezeSettings("none"),
+        optim=Optim(lr=3e-3, encoder_lr=1e-3, warmup_steps=0),
         head_dropout=0.0,
     )
     fit(system, tmp_path, 60)
@@ -159,8 +169,10 @@ def test_a_small_set_is_overfitted(encoder_dir: Path, tmp_path: Path) -> None:
 def test_bad_arguments_are_clear_errors(encoder_dir: Path) -> None:
     with pytest.raises(ValueError, match="at least 2 classes"):
         FinetuneSystem(str(encoder_dir), ["only"])
-    with pytest.raises(ValueError, match=r"trainable_blocks=9 not in \[1, 3\]"):
-        FinetuneSystem(str(encoder_dir), LABELS, freeze="top", trainable_blocks=9)
+    with pytest.raises(ValueError, match=r"freeze.trainable_blocks=9 not in \[1, 3\]"):
+        FinetuneSystem(str(encoder_dir), LABELS, freeze=FreezeSettings("top", 9))
+    with pytest.raises(ValueError, match="freeze.mode must be 'all', 'top' or 'none', got 'some'"):
+        FreezeSettings("some")  # type: ignore[arg-type]
 
 
 def test_cli_finetune_tests_the_best_checkpoint_and_exports(
@@ -187,7 +199,7 @@ def test_cli_finetune_tests_the_best_checkpoint_and_exports(
         "finetune",
         "--model.encoder",
         str(encoder_dir),
-        "--model.freeze",
+        "--model.freeze.mode",
         "all",
         "--data.manifest",
         str(manifest),
