@@ -70,9 +70,16 @@ def test_quality_study_quick_and_resumable(tmp_path: Path) -> None:
     settings in the same folder are refused."""
     args = ["--quick", "--corpora", "synthetic", "--seeds", "1", "2", "--out", str(tmp_path / "q")]
     out = run("quality.py", *args, tmp_path=tmp_path)
-    for row in ("frame only", "frame + utterance (default)", "full objective", "random-init"):
+    for row in (
+        "frame only",
+        "frame + utterance (default)",
+        "frame + utterance, no variance term",
+        "full objective",
+        "random-init",
+    ):
         assert f"| {row} |" in out
-    assert "Label-free (frame + utterance, default) minus random-init" in out
+    assert "Label-free (frame + utterance (default)) minus random-init" in out
+    assert "Full objective minus label-free" in out
     assert (tmp_path / "q" / "quality.md").read_text().count("| frame only |") == 1
     again = run("quality.py", *args, tmp_path=tmp_path)
     assert again.count("done before, reusing") == 2 and ": pretraining '" not in again
@@ -85,6 +92,25 @@ def test_quality_study_quick_and_resumable(tmp_path: Path) -> None:
         timeout=600,
     )
     assert other.returncode != 0 and "made with other settings" in other.stderr
+
+
+def test_quality_comparisons_judge_the_gap_against_the_stds() -> None:
+    """The must-show line: at least 5 UA points and more than either row's std over seeds;
+    per-seed gaps are paired (same seed's random-init and probe)."""
+    from benchmarks.quality import LABEL_FREE, comparisons, summarise
+
+    def seed(label_free: float, random: float, full: float) -> dict:
+        ua = {LABEL_FREE: label_free, "random-init": random, "full objective": full}
+        return {"feature_sets": {k: {"mean": {"ua": v, "wa": v}} for k, v in ua.items()}}
+
+    clear = [seed(0.40, 0.30, 0.45), seed(0.42, 0.31, 0.44), seed(0.38, 0.29, 0.43)]
+    lines = comparisons(summarise(clear), clear)
+    assert "+10.0 UA points (per seed +10.0, +11.0, +9.0" in lines[0]
+    assert lines[0].endswith("at least 5 and larger than both stds.")
+    assert "Full objective minus label-free: +4.0 UA points (per seed +5.0, +2.0, +5.0)" in lines[1]
+    # a 6-point mean gap whose random-init row varies by more than 6 does not count
+    noisy = [seed(0.40, 0.20, 0.40), seed(0.40, 0.42, 0.40), seed(0.40, 0.40, 0.40)]
+    assert "NOT at least 5 points" in comparisons(summarise(noisy), noisy)[0]
 
 
 def test_monitor_overhead_quick(tmp_path: Path) -> None:
