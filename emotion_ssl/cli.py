@@ -349,7 +349,11 @@ def evaluate(args: list[str]) -> None:
         "earlier evaluation with the same settings",
     )
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    parser.add_argument("--folds", default="all", help="'all' or a comma list, e.g. 1,2")
+    parser.add_argument(
+        "--folds",
+        default=_default(run_evaluation, "folds"),
+        help="'all' or a comma list, e.g. 1,2",
+    )
     parser.add_argument(
         "--fold-field",
         default=_default(run_evaluation, "fold_field"),

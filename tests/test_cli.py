@@ -102,3 +102,47 @@ def test_unknown_command_is_an_error(capsys: pytest.CaptureFixture[str]) -> None
     assert "unknown command 'nonsense'" in capsys.readouterr().err
     assert main([]) == 0
     assert "pretrain" in capsys.readouterr().out
+
+
+def test_commands_only_parse_and_take_their_defaults_from_the_library(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`extract` and `evaluate` hand the library its own defaults (never retyped in argparse):
+    the stand-ins below see exactly what a caller of the library gets by default."""
+    import functools
+    import inspect
+    from collections.abc import Callable
+
+    from emotion_ssl.export import extract
+    from emotion_ssl.train import evaluate
+
+    calls: dict[str, tuple[tuple, dict]] = {}
+
+    class Done:
+        summary = ""
+
+    def fake(name: str, real: Callable[..., object], result: object) -> Callable[..., object]:
+        @functools.wraps(real)  # the real signature, which the CLI reads its defaults from
+        def record(*args: object, **kwargs: object) -> object:
+            calls[name] = (args, kwargs)
+            return result
+
+        return record
+
+    real_extract, real_evaluate = extract.extract_to_folder, evaluate.evaluate
+    monkeypatch.setattr(extract, "extract_to_folder", fake("extract", real_extract, Done()))
+    monkeypatch.setattr(evaluate, "evaluate", fake("evaluate", real_evaluate, {"feature_sets": {}}))
+    monkeypatch.setattr(evaluate, "summary", lambda results: "")
+    assert main(["extract", "--encoder", "e", "--manifest", "m.jsonl", "--out", "o"]) == 0
+    assert main(["evaluate", "--encoder", "e", "--data", "m.jsonl", "--out", "o"]) == 0
+
+    args, kwargs = calls["extract"]
+    assert args[3] == extract.FOLDER_CONFIG
+    defaults = inspect.signature(real_extract).parameters
+    for name in ("format", "shard_size", "overwrite"):
+        assert kwargs[name] == defaults[name].default, name
+    args, kwargs = calls["evaluate"]
+    defaults = inspect.signature(real_evaluate).parameters
+    for name in ("folds", "fold_field", "baselines", "layer", "overwrite"):
+        assert kwargs[name] == defaults[name].default, name
+    assert kwargs["probe"] == evaluate.ProbeConfig()

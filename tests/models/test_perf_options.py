@@ -4,6 +4,8 @@ host-side lengths."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 import torch
 from torch import nn
@@ -15,6 +17,9 @@ from emotion_ssl.models.encoder import ContextEncoder, _compute_dtype, _keep_unm
 from emotion_ssl.models.feature_extractor import conv1d_time_last
 from emotion_ssl.models.masking import MaskingSettings, compute_span_mask
 from emotion_ssl.models.transformer import attention_bias
+
+if TYPE_CHECKING:
+    from emotion_ssl.train.pretrain import PretrainSystem
 
 torch.set_num_threads(2)
 
@@ -112,29 +117,48 @@ def test_activation_checkpointing_same_outputs_and_gradients() -> None:
         assert (g0[name] - g1[name]).abs().max() <= 1e-6, name
 
 
-def test_compile_option_keeps_weights_and_keys() -> None:
+def _tiny_system(**options: bool) -> PretrainSystem:
     from emotion_ssl.train.pretrain import PretrainSystem
 
     torch.manual_seed(0)
-    plain = PretrainSystem(
+    return PretrainSystem(
         encoder=EncoderSettings(preset="tiny"),
         masking=MaskingSettings(num_clones=2),
         objective=ObjectiveSettings(top_k=2),
+        **options,
     )
-    torch.manual_seed(0)
-    compiled = PretrainSystem(
-        encoder=EncoderSettings(preset="tiny"),
-        masking=MaskingSettings(num_clones=2),
-        objective=ObjectiveSettings(top_k=2),
-        compile=True,
-    )  # lazy
-    assert plain.state_dict().keys() == compiled.state_dict().keys()
-    checkpointed = PretrainSystem(
-        encoder=EncoderSettings(preset="tiny"),
-        masking=MaskingSettings(num_clones=2),
-        objective=ObjectiveSettings(top_k=2),
-        activation_checkpointing=True,
-    )
+
+
+@pytest.mark.slow  # inductor compiles ~20 graphs: ~15 s with its on-disk cache, ~60 s without
+def test_compile_option_runs_compiled_code_that_matches_eager() -> None:
+    """`compile=True`: same weights and keys, and the compiled student, teacher and decoder,
+    actually run, give the eager outputs."""
+    import torch._dynamo
+
+    eager, compiled = _tiny_system().eval(), _tiny_system(compile=True).eval()
+    assert eager.state_dict().keys() == compiled.state_dict().keys()
+    for name, value in eager.state_dict().items():
+        assert torch.equal(value, compiled.state_dict()[name]), name
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    waves = torch.randn(2, 4000, generator=torch.Generator().manual_seed(1)) * 0.1  # (B, S)
+    lengths = torch.tensor([4000, 3000])  # one padded row
+    outputs = []
+    with torch.no_grad():
+        for system in (eager, compiled):
+            student = system.student(waves, lengths)
+            features, padding_mask, _ = system.student.local_features(waves, lengths)
+            teacher = system.teacher.encoder(features, padding_mask)
+            decoded = system.decoder(student.frames, student.padding_mask)
+            outputs.append((student.frames, student.tokens, teacher.x, decoded))
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert graphs >= 4, dict(torch._dynamo.utils.counters["stats"])  # compiled code ran
+    for want, got in zip(*outputs, strict=True):
+        assert (want - got).abs().max() <= 1e-4
+
+
+def test_activation_checkpointing_option_reaches_the_student_only() -> None:
+    checkpointed = _tiny_system(activation_checkpointing=True)
     assert checkpointed.student.context.activation_checkpointing
     assert not checkpointed.teacher.encoder.activation_checkpointing
 
