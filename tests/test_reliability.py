@@ -462,9 +462,14 @@ def test_every_option_has_help_and_usage_lines_can_be_pasted(
         assert bare == [], (prog, bare)
     result = cli("pretrain", "--help")
     assert result.stdout.startswith("usage: emotion-ssl pretrain ")
-    options = re.findall(
-        r"^  (--(?:data|model|monitor)\.[\w.]+)[^\n]*\n\s+(.*)$", result.stdout, re.M
-    )
+    # each option with its help text: on its own line, or beside a short option name
+    lines = result.stdout.splitlines()
+    options = []
+    for i, line in enumerate(lines):
+        name = r"(--(?:data|model|monitor)\.[\w.]+)(?: \S+)?(?:, --[\w.+]+ \S+)?"
+        found = re.match(rf"  {name}(?: {{2,}}(\S.*))?$", line)
+        if found:
+            options.append((found[1], found[2] or lines[i + 1].strip()))
     assert len(options) >= 70
     bare = [name for name, text in options if text.startswith("(")]  # only "(type: ...)"
     assert bare == [], bare

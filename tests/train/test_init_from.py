@@ -206,7 +206,7 @@ def test_data2vec2_missing_block_key_is_named_in_the_files_numbering(tmp_path: P
 
 
 def test_data2vec2_init_from_starts_training(tmp_path: Path) -> None:
-    """`PretrainSystem(preset="tiny", init_from=<data2vec 2.0 layout file>)` trains; with lr 0
+    """`PretrainSystem(encoder=EncoderSettings("tiny"), init_from=<data2vec 2.0 layout file>)` trains; with lr 0
     the student keeps the file's weights and the teacher moves from `_ema` by exactly one EMA
     step towards them."""
     import lightning as L

@@ -376,7 +376,11 @@ DDP_SCRIPT = textwrap.dedent(
     from lightning.pytorch.strategies import DDPStrategy
 
     from emotion_ssl.data.pretrain import PretrainDataModule
+    from emotion_ssl.losses import ObjectiveSettings
+    from emotion_ssl.models.config import EncoderSettings
+    from emotion_ssl.models.masking import MaskingSettings
     from emotion_ssl.train.monitor import RepresentationMonitor
+    from emotion_ssl.train.optim import OptimSettings
     from emotion_ssl.train.pretrain import PretrainSystem
 
 
@@ -392,7 +396,12 @@ DDP_SCRIPT = textwrap.dedent(
         train, labelled, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
         torch.set_num_threads(1)
         torch.manual_seed(0)
-        model = PretrainSystem(preset="tiny", num_clones=2, top_k=2, warmup_steps=1, lr=5e-4)
+        model = PretrainSystem(
+            encoder=EncoderSettings("tiny"),
+            masking=MaskingSettings(num_clones=2),
+            objective=ObjectiveSettings(top_k=2),
+            optim=OptimSettings(lr=5e-4, warmup_steps=1),
+        )
         data = PretrainDataModule(train, max_tokens=48_000, max_sample_size=24_000)
         trainer = L.Trainer(
             accelerator="cpu",
