@@ -120,11 +120,19 @@ def demo(args: list[str]) -> None:
     )
     parser.add_argument("--root", help="with --corpus ravdess: the folder of Actor_NN folders")
     parser.add_argument("--steps", type=int, help="pretraining updates per run")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "32-true", "bf16-mixed"],
+        default=DemoSettings.precision,
+        help="pretraining precision; auto: bf16-mixed where the CPU has bf16 instructions, "
+        "else 32-true",
+    )
     parser.add_argument("--quick", action="store_true", help="a seconds-long version (tests)")
     opts = parser.parse_args(args)
     settings = DemoSettings.quick() if opts.quick else DemoSettings()
     if opts.steps is not None:
         settings.steps = opts.steps
+    settings.precision = opts.precision
     run_demo(opts.out, opts.corpus, opts.root, settings, overwrite=opts.overwrite)
 
 

@@ -12,7 +12,7 @@ from emotion_ssl.demo import DemoSettings
 
 def test_quick_demo_writes_the_report(tmp_path: Path) -> None:
     out = tmp_path / "demo_out"
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert main(["demo", "--quick", "--out", str(out), "--precision", "32-true"]) == 0
     for name in (
         "report.md",
         "report.json",
@@ -54,6 +54,11 @@ def test_quick_demo_writes_the_report(tmp_path: Path) -> None:
         assert f"num_clones: {settings.num_clones}" in hparams
         assert f"lr: {settings.lr}" in hparams
     assert results["probe"]["batch_size"] == settings.probe_batch_size
+    # --precision reaches the runs and the report (fp32 even on a CPU with bf16 instructions)
+    assert json.loads((out / "report.json").read_text())["precision"] == "32-true"
+    for run in ("full", "no_category"):
+        config = (out / "runs" / run / "version_0" / "config.yaml").read_text()
+        assert "precision: 32-true" in config
 
 
 def test_quick_demo_on_ravdess(tmp_path: Path) -> None:
