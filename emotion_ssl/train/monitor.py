@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from emotion_ssl.data.audio import TARGET_RATE, load_audio
 from emotion_ssl.data.manifest import ManifestEntry, read_manifest
 from emotion_ssl.train.callbacks import run_folder, write_csv_atomically
 from emotion_ssl.train.metrics import classification_scores
+from emotion_ssl.utils.outputs import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -577,6 +577,5 @@ def plot_monitor(
         ax.legend(fontsize=7)
     fig.suptitle(f"emotion-ssl representation monitor: {source}", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    with atomic_write(path, suffix=".png", sync=False) as tmp:  # redrawn every evaluation
+        fig.savefig(tmp, dpi=100)

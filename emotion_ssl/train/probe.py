@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emotion_ssl.data.splits import Holdout, ValidSplit, holdout
+from emotion_ssl.models.config import SAMPLE_RATE
 from emotion_ssl.train.metrics import Scores, classification_scores
 
 logger = logging.getLogger(__name__)
@@ -185,7 +186,7 @@ def _mfcc_transform(n_mfcc: int) -> nn.Module:
 
     if n_mfcc not in _MFCC:
         _MFCC[n_mfcc] = torchaudio.transforms.MFCC(
-            sample_rate=16000,
+            sample_rate=SAMPLE_RATE,
             n_mfcc=n_mfcc,
             melkwargs={"n_fft": 400, "hop_length": 160, "n_mels": 40},
         )
