@@ -69,6 +69,11 @@ LABEL_FREE = "frame + utterance (default)"
 STUDY_STEPS = 150  # fits both corpora x 5 rows x 3 seeds in about an hour on 2 cores
 
 
+def run_name(row: str) -> str:
+    """A row's run and encoder folder name: 'frame only' -> 'frame_only'."""
+    return "".join(c if c.isalnum() else "_" for c in row).strip("_")
+
+
 def ravdess_study_data(root: Path, out: Path) -> demo.DemoData:
     """The demo's RAVDESS data, but pretraining sees only folds 1-3 (fold 4 = test actors)."""
     data = demo.ravdess_data(root, out)
@@ -123,7 +128,7 @@ def run_seed(
     encoders: dict[str, str] = {}
     for name in rows:
         category, options = ROWS[name]
-        short = "".join(c if c.isalnum() else "_" for c in name).strip("_")
+        short = run_name(name)
         target = out / "encoders" / short
         if not (target / "model.safetensors").exists():
             print(f"[quality] {corpus} seed {seed}: pretraining '{name}'", flush=True)
@@ -170,14 +175,17 @@ def summarise(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float
 
 
 def monitor_plot(corpus_out: Path, path: Path) -> bool:
-    """The monitor's curves of every run of every seed (`demo.monitor_plot`); False if none."""
-    runs = {
-        f"{f.parts[-5]}: {f.parts[-3]}": f.parent
-        for f in sorted(corpus_out.glob("*/runs/*/version_0/monitor.csv"))
-    }
-    if runs:
-        demo.monitor_plot(runs, path)
-    return bool(runs)
+    """The monitor's curves per row, mean over the seeds with their range
+    (`demo.monitor_plot`); False if no run logged the monitor."""
+    rows: dict[str, list[Path]] = {}
+    for name in ROWS:
+        short = run_name(name)
+        found = sorted(corpus_out.glob(f"seed*/runs/{short}/version_0/monitor.csv"))
+        if found:
+            rows[name] = [f.parent for f in found]
+    if rows:
+        demo.monitor_plot(rows, path)
+    return bool(rows)
 
 
 def markdown(

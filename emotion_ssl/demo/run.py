@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -281,9 +281,10 @@ def project_embeddings(
     plt.close(fig)
 
 
-def monitor_plot(runs: dict[str, Path], path: Path) -> None:
-    """The monitor's curves of every run (last block): probe UA, kNN accuracy, utterance
-    RankMe, one line per run, from each run folder's monitor.csv."""
+def monitor_plot(runs: Mapping[str, Path | Sequence[Path]], path: Path) -> None:
+    """The monitor's curves (last block): probe UA, kNN accuracy, utterance RankMe, from each
+    run folder's monitor.csv. One line per name; a name with several run folders (seeds) is
+    drawn as their mean with a band from the lowest to the highest seed."""
     import csv
 
     import matplotlib
@@ -297,22 +298,36 @@ def monitor_plot(runs: dict[str, Path], path: Path) -> None:
         "monitor/last/rankme_utt": "utterance RankMe",
     }
     fig, axes = plt.subplots(1, len(panels), figsize=(13, 3.6))
-    for name, run_dir in runs.items():
-        if not (run_dir / "monitor.csv").exists():
-            continue
-        with open(run_dir / "monitor.csv") as f:
-            rows = list(csv.DictReader(f))
-        for ax, (key, title) in zip(axes, panels.items(), strict=True):
-            points = [(float(r["step"]), float(r[key])) for r in rows if r.get(key)]
-            if points:
-                ax.plot(*zip(*points, strict=True), marker="o", ms=3, label=name)
-            ax.set_title(title)
-    for ax in axes:
+    for i, (name, folders) in enumerate(runs.items()):
+        folders = [folders] if isinstance(folders, Path) else list(folders)
+        tables = []
+        for run_dir in folders:
+            if (run_dir / "monitor.csv").exists():
+                with open(run_dir / "monitor.csv") as f:
+                    tables.append(list(csv.DictReader(f)))
+        for ax, key in zip(axes, panels, strict=True):
+            curves = [
+                {float(r["step"]): float(r[key]) for r in rows if r.get(key)} for rows in tables
+            ]
+            steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+            if not steps:
+                continue
+            values = np.array([[c[s] for s in steps] for c in curves])  # (seeds, steps)
+            label = name if len(curves) == 1 else f"{name} (mean of {len(curves)})"
+            color = plt.cm.tab10(i % 10)
+            ax.plot(steps, values.mean(axis=0), marker="o", ms=3, color=color, label=label)
+            if len(curves) > 1:
+                ax.fill_between(
+                    steps, values.min(axis=0), values.max(axis=0), color=color, alpha=0.15
+                )
+    for ax, title in zip(axes, panels.values(), strict=True):
+        ax.set_title(title)
         ax.set_xlabel("optimizer update")
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(3, len(handles)), fontsize=8)
+    fig.tight_layout(rect=(0, 0.06 * (1 + (len(handles) - 1) // 3), 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
