@@ -108,13 +108,16 @@ def test_init_from_applies_when_fit_starts_not_when_resuming(tmp_path: Path) -> 
             max_steps=steps, logger=False, enable_progress_bar=False, default_root_dir=tmp_path
         )
 
-    system = PretrainSystem(
-        encoder=EncoderSettings(preset="tiny"),
-        masking=MaskingSettings(num_clones=2),
-        objective=ObjectiveSettings(top_k=2),
-        optim=OptimSettings(lr=0.0),
-        init_from=str(path),
-    )
+    def from_init() -> PretrainSystem:  # lr 0: an update leaves the imported weights
+        return PretrainSystem(
+            encoder=EncoderSettings(preset="tiny"),
+            masking=MaskingSettings(num_clones=2),
+            objective=ObjectiveSettings(top_k=2),
+            optim=OptimSettings(lr=0.0),
+            init_from=str(path),
+        )
+
+    system = from_init()
     first = trainer(1)
     first.fit(system, batches())
     # lr 0: the student still holds exactly the imported weights after one update
@@ -123,13 +126,7 @@ def test_init_from_applies_when_fit_starts_not_when_resuming(tmp_path: Path) -> 
     ckpt = tmp_path / "one.ckpt"
     first.save_checkpoint(ckpt)
     path.unlink()  # resuming must not need the init_from file any more
-    resumed = PretrainSystem(
-        encoder=EncoderSettings(preset="tiny"),
-        masking=MaskingSettings(num_clones=2),
-        objective=ObjectiveSettings(top_k=2),
-        optim=OptimSettings(lr=0.0),
-        init_from=str(path),
-    )
+    resumed = from_init()
     trainer(2).fit(resumed, batches(), ckpt_path=ckpt)
     assert torch.equal(
         resumed.student.context.blocks[0].attn.qkv.weight, encoder.context.blocks[0].attn.qkv.weight
