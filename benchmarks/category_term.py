@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/category_term.py --record       # append the table to RESULTS.md
 
 Runs the demo's tiny pretraining (`emotion_ssl.demo.DemoSettings`: 400 updates, 16 x 1 s crops,
-2 clones, lr 1e-3, category weight 5 on 75% labelled items) three ways on the demo's corpus:
+2 clones, lr 1e-3, category weight 1 on 75% labelled items; 5 when its RESULTS.md table
+was made) three ways on the demo's corpus:
 
 - category term with batch-centred embeddings (`category_batch_centring=True`, the default);
 - category term with plain unit embeddings (SPEC section 5 as written);

@@ -6,8 +6,9 @@
     .venv/bin/python benchmarks/quality.py --quick                               # smoke run
 
 For each corpus and pretraining seed it pretrains the demo's tiny encoder with the demo's
-settings (`emotion_ssl.demo.DemoSettings`: 16 x 1 s crops, 2 clones, lr 1e-3, and the variance
-hinge on clip means, weight 5, target 1) for --steps updates (default 150), once per row:
+settings (`emotion_ssl.demo.DemoSettings`: 16 x 1 s crops, 2 clones, lr 1e-3, the variance
+hinge on clip means at weight 5, target 1, and the category term at weight 1) for --steps
+updates (default 150), once per row:
 
 - frame loss only (`--model.objective.utterance_weight 0`);
 - frame + utterance, code-faithful (`--model.objective.utterance_mode code_faithful`, the released code);
@@ -66,7 +67,10 @@ ROWS: dict[str, tuple[bool, list[str]]] = {
 }
 BASELINES = ("random-init", "mfcc-stats")
 LABEL_FREE = "frame + utterance (default)"
-STUDY_STEPS = 150  # fits both corpora x 5 rows x 3 seeds in about an hour on 2 cores
+STUDY_STEPS = 150
+"""Pretraining updates per run: 7.5 passes over the built-in corpus's 320 clips, 2.2 over
+RAVDESS's 1080 at 16 clips per batch (longer runs: benchmarks/RESULTS.md). Both corpora x 5
+rows x 3 seeds fit in about an hour on 2 cores."""
 
 
 def run_name(row: str) -> str:
@@ -194,10 +198,12 @@ def markdown(
     table: dict[str, dict[str, tuple[float, float]]],
     seeds: list[int],
     per_seed: list[dict[str, Any]],
+    steps: int,
 ) -> str:
     lines = [
-        f"**{corpus}** ({description}); {len(seeds)} pretraining seeds {seeds}, probe on held-out "
-        "speakers, mean ± std over seeds:",
+        f"**{corpus}** ({description}); {steps} pretraining updates per run, {len(seeds)} "
+        f"pretraining seed{'s' if len(seeds) != 1 else ''} {seeds}, probe on held-out speakers, "
+        "mean ± std over seeds:",
         "",
         "| features | UA % | WA % |",
         "|---|---|---|",
@@ -302,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
             for seed in args.seeds
         ]
         table = summarise(per_seed)
-        section = markdown(corpus, data.description, table, args.seeds, per_seed)
+        section = markdown(corpus, data.description, table, args.seeds, per_seed, settings.steps)
         if monitor_plot(corpus_out, out / f"monitor_{corpus}.png"):
             section += f"\nMonitor curves: `{out / f'monitor_{corpus}.png'}`.\n"
         section += f"\n({corpus}: {time.perf_counter() - corpus_start:.0f} s in this invocation.)\n"
@@ -312,9 +318,10 @@ def main(argv: list[str] | None = None) -> None:
         argv if argv is not None else sys.argv[1:]
     )
     text = (
-        f"Device: {cpu_name()}; {settings.steps} pretraining updates per run (demo settings, "
-        f"variance hinge weight {settings.variance_weight:g}, target {settings.variance_target:g}, "
-        f"precision {demo._precision(settings.precision)}); extra options: {extra or 'none'}; "
+        f"Device: {cpu_name()}; the demo's settings (variance hinge weight "
+        f"{base.variance_weight:g}, target {base.variance_target:g}, category weight "
+        f"{base.category_weight:g}, precision {demo._precision(base.precision)}), "
+        f"{settings.steps} pretraining updates per run; extra options: {extra or 'none'}; "
         f"{time.perf_counter() - start:.0f} s; {datetime.date.today()}.\n"
         f"Command: `{command.strip()}`\n\n" + "\n".join(sections)
     )

@@ -66,9 +66,10 @@ def test_category_term_quick(tmp_path: Path) -> None:
 
 
 def test_quality_study_quick_and_resumable(tmp_path: Path) -> None:
-    """Two seeds of the quick study; a rerun reuses both (nothing pretrained again); other
-    settings in the same folder are refused."""
-    args = ["--quick", "--corpora", "synthetic", "--seeds", "1", "2", "--out", str(tmp_path / "q")]
+    """One seed of the quick study (seconds: the mean ± std over seeds is
+    test_quality_comparisons_judge_the_gap_against_the_stds's); a rerun reuses it (nothing
+    pretrained again); other settings in the same folder are refused."""
+    args = ["--quick", "--corpora", "synthetic", "--seeds", "1", "--out", str(tmp_path / "q")]
     out = run("quality.py", *args, tmp_path=tmp_path)
     for row in (
         "frame only",
@@ -79,10 +80,11 @@ def test_quality_study_quick_and_resumable(tmp_path: Path) -> None:
     ):
         assert f"| {row} |" in out
     assert "Label-free (frame + utterance (default)) minus random-init" in out
+    assert "4 pretraining updates per run, 1 pretraining seed [1]" in out  # quick's steps
     assert "Full objective minus label-free" in out
     assert (tmp_path / "q" / "quality.md").read_text().count("| frame only |") == 1
     again = run("quality.py", *args, tmp_path=tmp_path)
-    assert again.count("done before, reusing") == 2 and ": pretraining '" not in again
+    assert again.count("done before, reusing") == 1 and ": pretraining '" not in again
     other = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "quality.py"), *args, "--steps", "7"],
         cwd=tmp_path,
@@ -138,3 +140,44 @@ def test_gpu_session_script_on_the_cpu(tmp_path: Path) -> None:
     assert "| tiny |" in (tmp_path / "pretrain.txt").read_text()
     assert "| one at a time |" in (tmp_path / "extract.txt").read_text()
     assert "torch" in (tmp_path / "device.txt").read_text()
+
+
+def test_sweep_quick_and_resumable(tmp_path: Path) -> None:
+    """benchmarks/sweep.py: one label-free run per variant, the baselines probed once, a rerun
+    skips what is done; a variant without NAME= is a one-line usage error."""
+    args = ["--corpus", "synthetic", "--quick", "--out", str(tmp_path / "s")]
+    args += ["--variant", "plain=", "--variant", "no hinge=--model.objective.variance_weight 0"]
+    out = run("sweep.py", *args, tmp_path=tmp_path)
+    assert out.count("[sweep] pretraining") == 2
+    assert "| no hinge | `--model.objective.variance_weight 0` |" in out
+    assert "| random-init |" in out and "| mfcc-stats |" in out
+    assert (tmp_path / "s" / "runs" / "no_hinge" / "version_0").is_dir()
+    again = run("sweep.py", *args, tmp_path=tmp_path)
+    assert "[sweep] pretraining" not in again and "| plain | `` |" in again
+    bad = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "sweep.py"), "--variant", "plain"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2
+    assert "--variant 'plain': write NAME=OPTIONS" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_supervised_ceiling_random_encoder(tmp_path: Path) -> None:
+    """The ceiling's starting point: a seeded random-init tiny encoder folder that
+    `emotion-ssl finetune` can read; the same seed gives the same weights."""
+    import torch
+
+    from benchmarks.supervised_ceiling import random_encoder
+    from emotion_ssl import load_encoder
+
+    a, b, c = (
+        load_encoder(random_encoder(tmp_path / name, seed))
+        for name, seed in (("a", 1), ("b", 1), ("c", 2))
+    )
+    sa, sb, sc = (m.state_dict() for m in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+    assert a.config.embed_dim == 64  # the tiny preset
