@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/supervised_ceiling.py --out /tmp/ceiling --record
     .venv/bin/python benchmarks/supervised_ceiling.py --out /tmp/ceiling \
-        --encoder "label-free=/tmp/study/ravdess/seed{seed}/encoders/frame_utterance_default"
+        --encoder "label-free=/tmp/study/ravdess/seed{seed}/encoders/frame___utterance__default"
 
 The quality study asks label-free pretraining of the tiny encoder to beat its random-init copy
 by 5 UA points on RAVDESS's held-out actors, read by a linear probe. This benchmark measures
