@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import shlex
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.extract_speed import load_average, make_clips, make_encoder  # noqa: E402
-from benchmarks.pretrain_throughput import append_results, cpu_name  # noqa: E402
+from benchmarks.pretrain_throughput import append_results, command_line, cpu_name  # noqa: E402
 from emotion_ssl import EmotionEncoder, EncoderConfig  # noqa: E402
 from emotion_ssl.export import ort  # noqa: E402
 from emotion_ssl.models.feature_extractor import normalize_waveform  # noqa: E402
@@ -277,7 +276,7 @@ def main() -> None:
         )
         if t or o
     ][: args.top]
-    command = "python benchmarks/extract_profile.py " + shlex.join(sys.argv[1:])
+    command = command_line("extract_profile.py")
     text = "\n".join(
         [
             f"Device: {cpu_name()}; {args.threads} threads; {args.config} encoder (random seeded "

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import shlex
 import sys
 import tempfile
 import time
@@ -51,7 +50,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.pretrain_throughput import append_results, cpu_name  # noqa: E402
+from benchmarks.pretrain_throughput import append_results, command_line, cpu_name  # noqa: E402
 from emotion_ssl import EmotionEncoder, EncoderConfig  # noqa: E402
 from emotion_ssl.export import ort  # noqa: E402
 from emotion_ssl.export.extract import ExtractConfig, FeatureExtractor  # noqa: E402
@@ -315,7 +314,7 @@ def main() -> None:
             f"{flops * audio / t / 1e9:.0f} | {diff} |"
         )
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else cpu_name()
-    command = "python benchmarks/extract_speed.py " + shlex.join(sys.argv[1:])
+    command = command_line("extract_speed.py")
     one_time = "; ".join(f"{name} {seconds:.1f} s" for name, seconds in setup.items())
     text = "\n".join(
         [

@@ -397,7 +397,7 @@ def main() -> None:
                 f"({before['step_seconds'] * 1e3:.0f} -> {after['step_seconds'] * 1e3:.0f} ms/step)"
             )
     any_result = next(iter(results.values()))
-    command = "python benchmarks/pretrain_throughput.py " + shlex.join(sys.argv[1:])
+    command = command_line("pretrain_throughput.py")
     lines = [
         f"Device: {any_result['device_name']}; torch threads {args.threads}; precision "
         f"{args.precision}; batch {args.batch_size} x {args.clip_seconds:g} s"
@@ -421,6 +421,12 @@ def main() -> None:
     print("\n" + text)
     if args.record:
         append_results("Pretraining throughput (benchmarks/pretrain_throughput.py)", text)
+
+
+def command_line(script: str, argv: list[str] | None = None) -> str:
+    """How a benchmark was invoked, for its RESULTS.md entry: 'python benchmarks/X.py ARGS'
+    (`argv`: the arguments main() was given; None = the command line's)."""
+    return f"python benchmarks/{script} " + shlex.join(sys.argv[1:] if argv is None else argv)
 
 
 def append_results(title: str, text: str) -> None:

@@ -38,7 +38,6 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -49,7 +48,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.pretrain_throughput import append_results, cpu_name  # noqa: E402
+from benchmarks.pretrain_throughput import append_results, command_line, cpu_name  # noqa: E402
 from emotion_ssl import demo  # noqa: E402
 from emotion_ssl.data.manifest import read_manifest, write_manifest  # noqa: E402
 from emotion_ssl.export.convert import export_encoder  # noqa: E402
@@ -73,14 +72,23 @@ RAVDESS's 1080 at 16 clips per batch (longer runs: benchmarks/RESULTS.md). Both 
 rows x 3 seeds fit in about an hour on 2 cores."""
 
 
+def seed_options(seed: int) -> list[str]:
+    """The pretraining options that seed a run: the model's init, the data order, Lightning."""
+    return ["--model.seed", str(seed), "--data.seed", str(seed), "--seed_everything", str(seed)]
+
+
 def run_name(row: str) -> str:
     """A row's run and encoder folder name: 'frame only' -> 'frame_only'."""
     return "".join(c if c.isalnum() else "_" for c in row).strip("_")
 
 
 def ravdess_study_data(root: Path, out: Path) -> demo.DemoData:
-    """The demo's RAVDESS data, but pretraining sees only folds 1-3 (fold 4 = test actors)."""
-    data = demo.ravdess_data(root, out)
+    """The demo's RAVDESS data, but pretraining sees only folds 1-3 (fold 4 = test actors);
+    a folder data_prep cannot read is a one-line error (data_prep has said why)."""
+    try:
+        data = demo.ravdess_data(root, out)
+    except RuntimeError as err:
+        raise SystemExit(f"error: {err}; give --ravdess the folder of Actor_NN folders") from None
     entries = read_manifest(data.evaluation)
     seen = [e for e in entries if str(e.extra["fold"]) != data.test_fold]
     unlabelled = write_manifest(out / "corpus" / "pretrain_folds123.jsonl", seen)
@@ -144,12 +152,7 @@ def run_seed(
                 category,
                 [
                     *options,
-                    "--model.seed",
-                    str(seed),
-                    "--data.seed",
-                    str(seed),
-                    "--seed_everything",
-                    str(seed),
+                    *seed_options(seed),
                     # the monitor's probe: the labelled training speakers (never the test's)
                     "--monitor.manifest",
                     str(data.labelled),
@@ -314,9 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         section += f"\n({corpus}: {time.perf_counter() - corpus_start:.0f} s in this invocation.)\n"
         sections.append(section)
         print(section, flush=True)
-    command = "python benchmarks/quality.py " + shlex.join(
-        argv if argv is not None else sys.argv[1:]
-    )
+    command = command_line("quality.py", argv)
     text = (
         f"Device: {cpu_name()}; the demo's settings (variance hinge weight "
         f"{base.variance_weight:g}, target {base.variance_target:g}, category weight "

@@ -13,7 +13,9 @@ on fold 4's six actors, the probe's test speakers. `--encoder NAME=DIR` adds oth
 points (an exported pretrained encoder; `{seed}` in DIR is replaced by the seed, so each seed
 starts from its own pretraining run), fine-tuned the same way with the same seeds.
 
-Each (encoder, seed) run is a folder under --out/runs; a rerun skips finished runs.
+Each (encoder, seed) run is a folder under --out/runs; a rerun skips finished runs. A folder
+made with other --epochs or --precision, or a starting point's name reused for another
+DIR, is an error.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import datetime
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -33,7 +36,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.pretrain_throughput import append_results, cpu_name  # noqa: E402
+from benchmarks.pretrain_throughput import append_results, command_line, cpu_name  # noqa: E402
 from benchmarks.quality import ravdess_study_data  # noqa: E402
 from emotion_ssl.export.frozen import save_encoder_dir  # noqa: E402
 from emotion_ssl.export.weights import PretrainedWeights  # noqa: E402
@@ -46,9 +49,10 @@ def random_encoder(path: Path, seed: int) -> Path:
     if not (path / "model.safetensors").exists():
         torch.manual_seed(seed)
         config = EncoderConfig.from_preset("tiny")
-        state = {k: v.clone() for k, v in EmotionEncoder(config).state_dict().items()}
         weights = PretrainedWeights(
-            path=f"random-init (seed {seed})", config=config, encoder_state=state
+            path=f"random-init (seed {seed})",
+            config=config,
+            encoder_state=EmotionEncoder(config).state_dict(),
         )
         save_encoder_dir(path, weights, include_pretraining_state=False)
     return path
@@ -63,6 +67,8 @@ def finetune(
     if results.exists():
         print(f"[ceiling] {name}: done before, reusing {results}", flush=True)
         return json.loads(results.read_text())
+    if run_dir.exists():  # an unfinished run of this script's: start it again
+        shutil.rmtree(run_dir)
     command = [
         str(Path(sys.executable).parent / "emotion-ssl"), "finetune",
         "--model.encoder", str(encoder),
@@ -116,7 +122,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out = Path(args.out)
     start = time.perf_counter()
-    data = ravdess_study_data(Path(args.ravdess), out / "data")
     others: dict[str, str] = {}
     for item in args.encoder:
         name, sep, path = item.partition("=")
@@ -129,6 +134,23 @@ def main(argv: list[str] | None = None) -> None:
                 "({seed} in DIR stands for the seed)"
             )
         others[name] = path
+    record = out / "ceiling.json"
+    settings = {"epochs": args.epochs, "precision": args.precision}
+    done = json.loads(record.read_text()) if record.exists() else {**settings, "encoders": {}}
+    if {k: done[k] for k in settings} != settings:
+        raise SystemExit(
+            f"error: {out} holds runs made with other --epochs or --precision; use another --out"
+        )
+    for name, path in others.items():
+        if done["encoders"].get(name, path) != path:
+            raise SystemExit(
+                f"error: {out} already fine-tuned {name!r} from {done['encoders'][name]}; "
+                "rename it or use another --out"
+            )
+    done["encoders"].update(others)
+    out.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(done, indent=1))
+    data = ravdess_study_data(Path(args.ravdess), out / "data")
     scores: dict[str, list[dict]] = {}
     for seed in args.seeds:
         starts = {"random-init": random_encoder(out / "encoders" / f"random-init-seed{seed}", seed)}
@@ -155,9 +177,7 @@ def main(argv: list[str] | None = None) -> None:
             f"| {name} | {np.mean(ua):.1f} ± {np.std(ua):.1f} | {np.mean(wa):.1f} ± "
             f"{np.std(wa):.1f} | {', '.join(f'{u:.1f}' for u in ua)} |"
         )
-    command = "python benchmarks/supervised_ceiling.py " + shlex.join(
-        argv if argv is not None else sys.argv[1:]
-    )
+    command = command_line("supervised_ceiling.py", argv)
     text = (
         f"Device: {cpu_name()}; the tiny encoder fine-tuned end to end on RAVDESS folds 1-3 "
         f"(validation on held-out training actors, early stopping, at most {args.epochs} "
@@ -165,7 +185,6 @@ def main(argv: list[str] | None = None) -> None:
         f"{time.perf_counter() - start:.0f} s; {datetime.date.today()}.\n"
         f"Command: `{command.strip()}`\n\n" + "\n".join(lines) + "\n"
     )
-    out.mkdir(parents=True, exist_ok=True)
     (out / "ceiling.md").write_text(text)
     print(text, flush=True)
     if args.record:

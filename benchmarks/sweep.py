@@ -11,7 +11,8 @@ the variant's pretraining options added last, pretrained once with `--seed` and 
 held-out speakers; random-init and MFCC statistics are probed once beside them. One seed's UA
 moves by a few points with the seed (the study's stds), so only a large gap means anything;
 confirm it with quality.py's seeds. RAVDESS pretraining sees folds 1-3 only, as in the study.
-Resumable: a variant whose encoder and result exist is skipped.
+Resumable: a variant already probed with the same options is skipped; a folder made with
+another corpus, seed or step count, or a variant name reused with other options, is an error.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.pretrain_throughput import append_results, cpu_name  # noqa: E402
+from benchmarks.pretrain_throughput import append_results, command_line, cpu_name  # noqa: E402
 from benchmarks.quality import (  # noqa: E402
     STUDY_STEPS,
     check_held_out,
     ravdess_study_data,
     run_name,
+    seed_options,
+    settings_key,
 )
 from emotion_ssl import demo  # noqa: E402
 from emotion_ssl.export.convert import export_encoder  # noqa: E402
@@ -73,15 +76,26 @@ def main(argv: list[str] | None = None) -> None:
     base = demo.DemoSettings.quick() if args.quick else demo.DemoSettings()
     steps = (base.steps if args.quick else STUDY_STEPS) if args.steps is None else args.steps
     settings = dataclasses.replace(base, steps=steps)
+    # what the results depend on besides each variant's options (checked on a rerun)
+    key = settings_key(settings, [args.corpus, *seed_options(args.seed)], [])
+    record = out / "sweep.json"
+    done = json.loads(record.read_text()) if record.exists() else {"key": key, "options": {}}
+    if done["key"] != key:
+        raise SystemExit(
+            f"error: {out} holds a sweep made with another corpus, seed or settings; use another --out"
+        )
+    for name, options in variants.items():
+        if done["options"].get(name, options) != options:
+            raise SystemExit(
+                f"error: {out} already holds variant {name!r} with other options "
+                f"({shlex.join(done['options'][name])}); rename the variant or use another --out"
+            )
+    ua: dict[str, float] = done.setdefault("ua", {})
     if args.corpus == "synthetic":
         data = demo.synthetic_data(out / "data", settings)
     else:
         data = ravdess_study_data(Path(args.ravdess), out / "data")
     check_held_out(data)
-    record = out / "sweep.json"
-    ua: dict[str, float] = json.loads(record.read_text()) if record.exists() else {}
-    seed = ["--model.seed", str(args.seed), "--data.seed", str(args.seed)]
-    seed += ["--seed_everything", str(args.seed)]
 
     def probe(name: str, encoder: Path, baselines: tuple[str, ...]) -> None:
         results = evaluate(
@@ -101,8 +115,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         for feature_set, value in results["feature_sets"].items():
             ua[feature_set] = round(100 * value["mean"]["ua"], 1)
+        done["options"][name] = variants[name]
         out.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(ua, indent=1))
+        record.write_text(json.dumps(done, indent=1))
         print(f"[sweep] {name}: UA {ua[name]:.1f}", flush=True)
 
     for name, options in variants.items():
@@ -110,7 +125,9 @@ def main(argv: list[str] | None = None) -> None:
             continue
         short = run_name(name)
         print(f"[sweep] pretraining '{name}': {shlex.join(options)}", flush=True)
-        ckpt = demo.pretrain_run(short, data, out, settings, False, [*seed, *options])
+        ckpt = demo.pretrain_run(
+            short, data, out, settings, False, [*seed_options(args.seed), *options]
+        )
         encoder = out / "encoders" / short
         export_encoder(ckpt, encoder, overwrite=True)
         baselines = tuple(
@@ -125,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {name} | `{shlex.join(options)}` | {ua[name]:.1f} |")
     for baseline in ("random-init", "mfcc-stats"):
         lines.append(f"| {baseline} | | {ua[baseline]:.1f} |")
-    command = "python benchmarks/sweep.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = command_line("sweep.py", argv)
     text = (
         f"Device: {cpu_name()}; {args.corpus}, seed {args.seed}, {steps} updates per run "
         f"(the demo's settings plus each variant's options), probe on the held-out speakers; "

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import GOLDEN, require_shared
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,6 +156,16 @@ def test_sweep_quick_and_resumable(tmp_path: Path) -> None:
     assert (tmp_path / "s" / "runs" / "no_hinge" / "version_0").is_dir()
     again = run("sweep.py", *args, tmp_path=tmp_path)
     assert "[sweep] pretraining" not in again and "| plain | `` |" in again
+    # the same name with other options, or another seed, is refused (never a stale result)
+    from benchmarks.sweep import main as sweep
+
+    for change in (["--variant", "plain=--model.optim.lr 1e-4"], ["--seed", "2"]):
+        with pytest.raises(SystemExit, match=r"error: .* (other options|another corpus, seed)"):
+            sweep([*args[:5], "--variant", "plain=", *change])
+    with pytest.raises(SystemExit, match=r"^error: data_prep.ravdess failed on .*nope; give"):
+        sweep(
+            ["--ravdess", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), "--variant", "a="]
+        )
     bad = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "sweep.py"), "--variant", "plain"],
         cwd=tmp_path,
@@ -181,3 +193,23 @@ def test_supervised_ceiling_random_encoder(tmp_path: Path) -> None:
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
     assert a.config.embed_dim == 64  # the tiny preset
+
+
+def test_supervised_ceiling_refuses_a_folder_of_other_settings(tmp_path: Path) -> None:
+    """A rerun into the same --out with other --epochs, or a starting point's name reused for
+    another folder, is a one-line error before any work (never a stale result)."""
+    import json
+
+    from benchmarks.supervised_ceiling import main as ceiling
+    from benchmarks.supervised_ceiling import random_encoder
+
+    out = tmp_path / "c"
+    out.mkdir()
+    (out / "ceiling.json").write_text(
+        json.dumps({"epochs": 12, "precision": "bf16-mixed", "encoders": {"mine": "/old/enc"}})
+    )
+    with pytest.raises(SystemExit, match="made with other --epochs or --precision"):
+        ceiling(["--out", str(out), "--epochs", "3"])
+    encoder = random_encoder(tmp_path / "enc", 1)
+    with pytest.raises(SystemExit, match="already fine-tuned 'mine' from /old/enc"):
+        ceiling(["--out", str(out), "--seeds", "1", "--encoder", f"mine={encoder}"])
